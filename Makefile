@@ -1,0 +1,114 @@
+# Build, test and measure the per-interpreter tracemalloc fork of CPython.
+#
+#   make                      build the release interpreter; ./python points at it
+#   make test                 build VARIANT=debug and run the test suite
+#   make VARIANT=<name>       build one variant into build/<name>/
+#   make refresh              record edits made in build/src (see README)
+#
+# `make help` lists every target.
+
+VARIANT ?= release
+VARIANTS := release debug ft asan tsan upstream upstream-debug
+JOBS ?= $(shell nproc)
+PYTHON_FOR_TOOLS ?= python3
+
+# Sources: the fork's assembled tree, or the unpatched base (for reference).
+SRC_release        := build/src
+SRC_debug          := build/src
+SRC_ft             := build/src
+SRC_asan           := build/src
+SRC_tsan           := build/src
+SRC_upstream       := build/base
+SRC_upstream-debug := build/base
+
+# configure options per variant.  PGO=1 makes release and upstream PGO+LTO.
+PGO ?=
+OPT_FLAGS := $(if $(PGO),--enable-optimizations --with-lto,)
+CONF_release        := $(OPT_FLAGS)
+CONF_upstream       := $(OPT_FLAGS)
+CONF_debug          := --with-pydebug
+CONF_upstream-debug := --with-pydebug
+CONF_ft             := --disable-gil --with-pydebug
+CONF_asan           := --with-pydebug --with-address-sanitizer --without-pymalloc
+CONF_tsan           := --disable-gil --with-thread-sanitizer
+CC_tsan             := clang
+CC_asan             := gcc
+
+ifeq ($(filter $(VARIANT),$(VARIANTS)),)
+$(error unknown VARIANT '$(VARIANT)'; valid variants: $(VARIANTS))
+endif
+
+B := build/$(VARIANT)
+CC_VARIANT := $(or $(CC_$(VARIANT)),gcc)
+CCACHE := $(shell command -v ccache 2>/dev/null)
+CONFIGURE_ARGS := $(CONF_$(VARIANT)) CC="$(strip $(CCACHE) $(CC_VARIANT))"
+
+# What `python -VV` shows: "(tmfork/<Debian revision of the base>:<commit>".
+FORK_TAG := $(shell sed -n 's/^FORK_TAG=//p' base.conf)
+BUILDINFO = $(if $(filter build/src,$(SRC_$(VARIANT))), \
+	GITTAG="echo $(FORK_TAG)/$$(sed -n 's/.* from Debian //p' build/base.info)" \
+	GITVERSION="echo $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+	GITBRANCH="echo $(FORK_TAG)")
+
+.PHONY: all build deps src configure test regress stress bench refresh \
+	status discard fetch clean distclean help
+
+all: build
+ifeq ($(VARIANT),release)
+	@ln -sfn build/release/python python
+endif
+
+help:
+	@sed -n 's/^#   //p' Makefile
+	@echo "targets: all test stress regress bench refresh status discard fetch clean distclean"
+	@echo "variants (VARIANT=...): $(VARIANTS)"
+
+deps:
+	@scripts/deps.sh
+
+src: deps
+	@$(PYTHON_FOR_TOOLS) scripts/base.py assemble
+
+fetch: deps
+	@$(PYTHON_FOR_TOOLS) scripts/base.py fetch
+
+# Re-run configure when its options change; otherwise build incrementally.
+configure: src
+	@mkdir -p $(B)
+	@if [ ! -f $(B)/config.status ] || \
+	    [ "$$(cat $(B)/.configure-args 2>/dev/null)" != '$(CONFIGURE_ARGS)' ]; then \
+	    echo "configure $(VARIANT): $(CONFIGURE_ARGS)"; \
+	    rm -f $(B)/.configure-args; \
+	    (cd $(B) && $(CURDIR)/$(SRC_$(VARIANT))/configure $(CONFIGURE_ARGS) \
+	        > configure.log 2>&1) || { tail -30 $(B)/configure.log; exit 1; }; \
+	    echo '$(CONFIGURE_ARGS)' > $(B)/.configure-args; \
+	fi
+
+build: configure
+	@echo "build $(VARIANT) (log: $(B)/build.log)"
+	@$(MAKE) -C $(B) -j$(JOBS) $(BUILDINFO) > $(B)/build.log 2>&1 || \
+	    { grep -E -B2 -A6 'error|Error' $(B)/build.log | tail -60; exit 1; }
+	@$(B)/python -VV
+
+# The suite: upstream's tests of tracemalloc and its neighbours, plus ours.
+TESTS ?= test_tracemalloc test_embed test_capi test_interpreters \
+	test__interpreters $(notdir $(basename $(wildcard Lib/test/test_tracemalloc_*.py)))
+test: VARIANT_TEST = $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),debug)
+test:
+	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_TEST)
+	@$(PYTHON_FOR_TOOLS) scripts/run-tests.py build/$(VARIANT_TEST)/python $(TESTS)
+
+refresh:
+	@$(PYTHON_FOR_TOOLS) scripts/base.py refresh
+
+status:
+	@$(PYTHON_FOR_TOOLS) scripts/base.py status
+
+discard:
+	@$(PYTHON_FOR_TOOLS) scripts/base.py discard
+
+clean:
+	rm -rf $(B)
+
+distclean:
+	rm -rf build python
