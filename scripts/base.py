@@ -352,7 +352,7 @@ def sync_tree(new, dest):
             if not same_file(a, b):
                 if os.path.lexists(b):
                     os.unlink(b)
-                shutil.copy2(a, b)
+                shutil.copy(a, b)  # a new mtime, so make rebuilds it
     for dirpath, dirnames, filenames in os.walk(dest):
         rel = os.path.relpath(dirpath, dest)
         if rel == '.git' or rel.startswith('.git' + os.sep):

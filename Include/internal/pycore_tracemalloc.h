@@ -1,0 +1,209 @@
+#ifndef Py_INTERNAL_TRACEMALLOC_H
+#define Py_INTERNAL_TRACEMALLOC_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef Py_BUILD_CORE
+#  error "this header requires Py_BUILD_CORE define"
+#endif
+
+#include "pycore_hashtable.h"     // _Py_hashtable_t
+
+
+/* tracemalloc keeps one state per interpreter (interp->tracemalloc): each
+   interpreter traces on its own, into its own tables, and only ever holds
+   references to its own objects.  What is truly process-wide lives in
+   _PyRuntime.tracemalloc: the original allocators that the hooks wrap, and
+   the registry of tracing interpreters that keeps the hooks installed.
+
+   Lock order (a thread holding one of these may only take those below it):
+
+       1. _PyRuntime.tracemalloc.hooks_mutex   start/stop only, may detach
+       2. _PyRuntime.tracemalloc.mutex         the registry
+       3. interp->tracemalloc.mutex            one interpreter's tables
+
+   Locks 2 and 3 are taken by the allocator hooks, so they are always taken
+   with _Py_LOCK_DONT_DETACH and never held across anything that can detach
+   the thread state, call Python code, or allocate through the hooked
+   allocators (tracemalloc allocates its own memory with the original raw
+   allocator).  At most one interpreter mutex is held at a time. */
+
+
+/* Trace memory blocks allocated by PyMem_RawMalloc() */
+#define TRACE_RAW_MALLOC
+
+
+/* Pack the frame_t structure to reduce the memory footprint on 64-bit
+   architectures: 12 bytes instead of 16. */
+#if defined(_MSC_VER)
+#pragma pack(push, 4)
+#endif
+
+struct
+#ifdef __GNUC__
+__attribute__((packed))
+#endif
+tracemalloc_frame {
+    /* filename cannot be NULL: "<unknown>" is used if the Python frame
+       filename is NULL */
+    PyObject *filename;
+    unsigned int lineno;
+};
+#ifdef _MSC_VER
+#pragma pack(pop)
+#endif
+
+struct tracemalloc_traceback {
+    Py_uhash_t hash;
+    /* Number of frames stored */
+    uint16_t nframe;
+    /* Total number of frames the traceback had */
+    uint16_t total_nframe;
+    struct tracemalloc_frame frames[1];
+};
+
+
+/* The interned tracebacks and filenames of one interpreter.  Reference
+   counted so that a snapshot being converted to Python objects keeps the
+   tracebacks it points to alive while clear_traces() or stop() runs. */
+struct tracemalloc_interned {
+    /* Owners: the interpreter state, plus each conversion in progress.
+       Protected by the interpreter's mutex. */
+    Py_ssize_t refcnt;
+    /* traceback_t* => NULL (a set).  Protected by the interpreter's mutex
+       while the interpreter state owns it; immutable once it does not. */
+    _Py_hashtable_t *tracebacks;
+    /* filename (str) => NULL (a set holding a strong reference to each
+       filename).  Same protection as tracebacks. */
+    _Py_hashtable_t *filenames;
+};
+
+
+/* One interpreter's tracemalloc state: interp->tracemalloc. */
+struct _tracemalloc_interp_state {
+    /* Protects every field below. */
+    PyMutex mutex;
+
+    /* Non-zero while the interpreter traces.  Written under the mutex and
+       the runtime mutex (the registry changes with it); the hooks read it
+       without a lock as a hint and check it again under the mutex. */
+    int tracing;
+
+    /* Traceback limit of the current (or last) tracing session; 0 until
+       the interpreter first starts tracing, which reads as the default 1. */
+    int max_nframe;
+
+    /* Size in bytes of currently traced memory, and its peak. */
+    size_t traced_memory;
+    size_t peak_traced_memory;
+
+    /* Buffer into which a traceback is captured before it is interned. */
+    struct tracemalloc_traceback *traceback;
+
+    /* Interned tracebacks and filenames; one reference is the state's. */
+    struct tracemalloc_interned *interned;
+
+    /* pointer (void*) => trace (trace_t*) of the default domain. */
+    _Py_hashtable_t *traces;
+
+    /* domain (unsigned int) => traces (_Py_hashtable_t*) of other domains. */
+    _Py_hashtable_t *domains;
+};
+
+
+/* The process-wide part: _PyRuntime.tracemalloc. */
+struct _tracemalloc_runtime_state {
+    /* Serialises start and stop, which install and remove the hooks.
+       Never taken by the hooks, so it may be held while detaching. */
+    PyMutex hooks_mutex;
+
+    /* Protects the registry below. */
+    PyMutex mutex;
+
+    /* The allocators the hooks wrap.  raw is saved by _PyTraceMalloc_Init()
+       and all three when the hooks are installed, under hooks_mutex; the
+       hooks read them without a lock, which is safe because they do not
+       change while the hooks are installed. */
+    struct {
+        PyMemAllocatorEx mem;
+        PyMemAllocatorEx raw;
+        PyMemAllocatorEx obj;
+    } allocators;
+
+    /* The states of the tracing interpreters; the hooks are installed
+       while there is at least one.  Protected by mutex; ntracing is also
+       read without a lock, as a hint, by the hooks. */
+    Py_ssize_t ntracing;
+    Py_ssize_t capacity;
+    struct _tracemalloc_interp_state **tracing;
+
+    /* "<unknown>" line 0: the traceback of a block allocated with no
+       Python frame.  Immutable once _PyTraceMalloc_Init() has run. */
+    struct tracemalloc_traceback empty_traceback;
+};
+
+#define _tracemalloc_runtime_state_INIT \
+    { \
+        .ntracing = 0, \
+    }
+
+
+// Get the traceback where a memory block was allocated, in the calling
+// interpreter.
+//
+// Return a tuple of (filename: str, lineno: int) tuples.
+//
+// Return None if the calling interpreter does not trace or if the memory
+// block is not tracked by it.
+//
+// Raise an exception and return NULL on error.
+//
+// Export for '_testinternalcapi' shared extension.
+PyAPI_FUNC(PyObject*) _PyTraceMalloc_GetTraceback(
+    unsigned int domain,
+    uintptr_t ptr);
+
+/* The functions below act on the calling interpreter's state only. */
+
+/* Return non-zero if tracemalloc is tracing */
+extern int _PyTraceMalloc_IsTracing(void);
+
+/* Clear the tracemalloc traces */
+extern void _PyTraceMalloc_ClearTraces(void);
+
+/* Get the traces as a list of (domain, size, traceback, total_nframe) */
+extern PyObject* _PyTraceMalloc_GetTraces(void);
+
+/* Get the traceback of an object */
+extern PyObject* _PyTraceMalloc_GetObjectTraceback(PyObject *obj);
+
+/* Initialize the process-wide part of tracemalloc */
+extern PyStatus _PyTraceMalloc_Init(void);
+
+/* Start tracemalloc */
+extern int _PyTraceMalloc_Start(int max_nframe);
+
+/* Stop tracemalloc */
+extern void _PyTraceMalloc_Stop(void);
+
+/* Get the tracemalloc traceback limit */
+extern int _PyTraceMalloc_GetTracebackLimit(void);
+
+/* Get the memory usage of tracemalloc in bytes */
+extern size_t _PyTraceMalloc_GetMemory(void);
+
+/* Get the current size and peak size of traced memory blocks as a 2-tuple */
+extern PyObject* _PyTraceMalloc_GetTracedMemory(void);
+
+/* Set the peak size of traced memory blocks to the current size */
+extern void _PyTraceMalloc_ResetPeak(void);
+
+/* Forget an interpreter that is being deleted: a safety net for
+   interpreters deleted without Py_EndInterpreter(), which stops tracing. */
+extern void _PyTraceMalloc_ForgetInterpreter(PyInterpreterState *interp);
+
+#ifdef __cplusplus
+}
+#endif
+#endif  // !Py_INTERNAL_TRACEMALLOC_H

@@ -1,0 +1,1614 @@
+/* tracemalloc: trace memory blocks allocated by Python, per interpreter.
+
+   Each interpreter has its own state (interp->tracemalloc, declared with
+   its locking rules in pycore_tracemalloc.h): whether it traces, its frame
+   limit, its traces, its interned tracebacks and filenames, its counters.
+   The allocator hooks are process-wide, so they are installed while at
+   least one interpreter traces, and each call decides which interpreter, if
+   any, the block belongs to:
+
+   - A block belongs to the interpreter whose thread state is attached when
+     it is allocated, if that interpreter traces.
+   - With no attached thread state (PyMem_RawMalloc() from a thread that
+     released the GIL, or from a C thread), it belongs to the interpreter of
+     the thread state bound to the thread (PyGILState_GetThisThreadState())
+     if that interpreter traces, with the frames of that thread state; else
+     to the main interpreter, if it traces, with an empty traceback; else to
+     nobody.  No thread state is ever created or attached, and the GIL is
+     never taken.
+   - A free drops the trace from whichever interpreter owns the block: the
+     calling interpreter is looked at first, the other tracing interpreters
+     only when that fails. */
+
+#include "Python.h"
+#include "pycore_fileutils.h"     // _Py_write_noraise()
+#include "pycore_hashtable.h"     // _Py_hashtable_t
+#include "pycore_initconfig.h"    // _PyStatus_NO_MEMORY()
+#include "pycore_interp.h"        // PyInterpreterState.tracemalloc
+#include "pycore_lock.h"          // PyMutex_LockFlags()
+#include "pycore_object.h"        // _PyType_PreHeaderSize()
+#include "pycore_pyatomic_ft_wrappers.h"
+#include "pycore_pystate.h"       // _PyThreadState_GET()
+#include "pycore_runtime.h"       // _Py_ID()
+#include "pycore_traceback.h"     // _Py_DumpASCII()
+#include "pycore_tracemalloc.h"
+#include <pycore_frame.h>
+
+#include <stdlib.h>               // malloc()
+
+_Py_DECLARE_STR(anon_unknown, "<unknown>");
+
+#define runtime_state (_PyRuntime.tracemalloc)
+#define allocators (_PyRuntime.tracemalloc.allocators)
+
+#define TO_PTR(key) ((const void *)(uintptr_t)(key))
+#define FROM_PTR(key) ((uintptr_t)(key))
+
+#define DEFAULT_DOMAIN 0
+#define DEFAULT_NFRAME 1
+
+typedef struct tracemalloc_frame frame_t;
+typedef struct tracemalloc_traceback traceback_t;
+typedef struct _tracemalloc_interp_state tm_state_t;
+typedef struct tracemalloc_interned interned_t;
+
+#define TRACEBACK_SIZE(NFRAME) \
+        (sizeof(traceback_t) + sizeof(frame_t) * (NFRAME - 1))
+
+/* The maximum number of frames is either:
+ - The maximum number of frames we can store in `traceback_t.nframe`
+ - The maximum memory size_t we can allocate */
+static const unsigned long MAX_NFRAME = Py_MIN(UINT16_MAX, ((SIZE_MAX - sizeof(traceback_t)) / sizeof(frame_t) + 1));
+
+
+/* Trace of a memory block */
+typedef struct {
+    /* Size of the memory block in bytes */
+    size_t size;
+
+    /* Traceback where the memory block was allocated */
+    traceback_t *traceback;
+} trace_t;
+
+
+/* Set while this thread runs inside a hook: a nested allocation (pymalloc
+   asking the raw domain for a large block, say) is the same block, or
+   tracemalloc's own, and is not traced again. */
+static _Py_thread_local int reentrant = 0;
+
+
+/* --- Locks --------------------------------------------------------------- */
+
+static inline void
+lock_registry(void)
+{
+    PyMutex_LockFlags(&runtime_state.mutex, _Py_LOCK_DONT_DETACH);
+}
+
+static inline void
+unlock_registry(void)
+{
+    PyMutex_Unlock(&runtime_state.mutex);
+}
+
+static inline void
+lock_state(tm_state_t *state)
+{
+    PyMutex_LockFlags(&state->mutex, _Py_LOCK_DONT_DETACH);
+}
+
+static inline void
+unlock_state(tm_state_t *state)
+{
+    PyMutex_Unlock(&state->mutex);
+}
+
+/* Lock-free hints, checked again under the lock. */
+static inline int
+state_is_tracing(tm_state_t *state)
+{
+    return _Py_atomic_load_int_relaxed(&state->tracing);
+}
+
+static inline Py_ssize_t
+ntracing_hint(void)
+{
+    return _Py_atomic_load_ssize_relaxed(&runtime_state.ntracing);
+}
+
+
+/* --- Memory of tracemalloc itself ---------------------------------------- */
+
+static void*
+raw_malloc(size_t size)
+{
+    return allocators.raw.malloc(allocators.raw.ctx, size);
+}
+
+static void
+raw_free(void *ptr)
+{
+    allocators.raw.free(allocators.raw.ctx, ptr);
+}
+
+
+/* --- Hash tables --------------------------------------------------------- */
+
+static Py_uhash_t
+hashtable_hash_pyobject(const void *key)
+{
+    PyObject *obj = (PyObject *)key;
+    return PyObject_Hash(obj);
+}
+
+
+static int
+hashtable_compare_unicode(const void *key1, const void *key2)
+{
+    PyObject *obj1 = (PyObject *)key1;
+    PyObject *obj2 = (PyObject *)key2;
+    if (obj1 != NULL && obj2 != NULL) {
+        return (PyUnicode_Compare(obj1, obj2) == 0);
+    }
+    else {
+        return obj1 == obj2;
+    }
+}
+
+
+static Py_uhash_t
+hashtable_hash_uint(const void *key_raw)
+{
+    unsigned int key = (unsigned int)FROM_PTR(key_raw);
+    return (Py_uhash_t)key;
+}
+
+
+static _Py_hashtable_t *
+hashtable_new(_Py_hashtable_hash_func hash_func,
+              _Py_hashtable_compare_func compare_func,
+              _Py_hashtable_destroy_func key_destroy_func,
+              _Py_hashtable_destroy_func value_destroy_func)
+{
+    _Py_hashtable_allocator_t hashtable_alloc = {malloc, free};
+    return _Py_hashtable_new_full(hash_func, compare_func,
+                                  key_destroy_func, value_destroy_func,
+                                  &hashtable_alloc);
+}
+
+
+static Py_uhash_t
+hashtable_hash_traceback(const void *key)
+{
+    const traceback_t *traceback = (const traceback_t *)key;
+    return traceback->hash;
+}
+
+
+static int
+hashtable_compare_traceback(const void *key1, const void *key2)
+{
+    const traceback_t *traceback1 = (const traceback_t *)key1;
+    const traceback_t *traceback2 = (const traceback_t *)key2;
+
+    if (traceback1->nframe != traceback2->nframe) {
+        return 0;
+    }
+    if (traceback1->total_nframe != traceback2->total_nframe) {
+        return 0;
+    }
+
+    for (int i=0; i < traceback1->nframe; i++) {
+        const frame_t *frame1 = &traceback1->frames[i];
+        const frame_t *frame2 = &traceback2->frames[i];
+
+        if (frame1->lineno != frame2->lineno) {
+            return 0;
+        }
+        if (frame1->filename != frame2->filename) {
+            assert(PyUnicode_Compare(frame1->filename, frame2->filename) != 0);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+static void
+tracemalloc_clear_filename(void *value)
+{
+    PyObject *filename = (PyObject *)value;
+    Py_DECREF(filename);
+}
+
+
+static _Py_hashtable_t*
+traces_table_new(void)
+{
+    return hashtable_new(_Py_hashtable_hash_ptr,
+                         _Py_hashtable_compare_direct,
+                         NULL, raw_free);
+}
+
+
+static _Py_hashtable_t*
+domains_table_new(void)
+{
+    return hashtable_new(hashtable_hash_uint,
+                         _Py_hashtable_compare_direct,
+                         NULL,
+                         (_Py_hashtable_destroy_func)_Py_hashtable_destroy);
+}
+
+
+/* --- Interned tracebacks and filenames ----------------------------------- */
+
+static interned_t *
+interned_new(void)
+{
+    interned_t *interned = raw_malloc(sizeof(interned_t));
+    if (interned == NULL) {
+        return NULL;
+    }
+    interned->refcnt = 1;
+    interned->filenames = hashtable_new(hashtable_hash_pyobject,
+                                        hashtable_compare_unicode,
+                                        tracemalloc_clear_filename, NULL);
+    interned->tracebacks = hashtable_new(hashtable_hash_traceback,
+                                         hashtable_compare_traceback,
+                                         raw_free, NULL);
+    if (interned->filenames == NULL || interned->tracebacks == NULL) {
+        if (interned->filenames != NULL) {
+            _Py_hashtable_destroy(interned->filenames);
+        }
+        if (interned->tracebacks != NULL) {
+            _Py_hashtable_destroy(interned->tracebacks);
+        }
+        raw_free(interned);
+        return NULL;
+    }
+    return interned;
+}
+
+/* Drop a reference; return the tables to destroy (outside the lock, with
+   the interpreter's thread state attached) or NULL.  Called with the
+   interpreter's mutex held. */
+static interned_t *
+interned_release(interned_t *interned)
+{
+    assert(interned->refcnt > 0);
+    if (--interned->refcnt == 0) {
+        return interned;
+    }
+    return NULL;
+}
+
+/* Destroy tables that nobody references: releases the filenames, so the
+   thread state of their interpreter must be attached and no tracemalloc
+   lock held. */
+static void
+interned_destroy(interned_t *interned)
+{
+    if (interned == NULL) {
+        return;
+    }
+    _Py_hashtable_destroy(interned->tracebacks);
+    _Py_hashtable_destroy(interned->filenames);
+    raw_free(interned);
+}
+
+
+/* --- Capturing a traceback ----------------------------------------------- */
+
+/* Intern the filename of a frame.  With take_refs == 0 (the thread state is
+   not attached, so reference counts may not be touched), only filenames
+   that are already interned can be used. */
+static PyObject *
+intern_filename(interned_t *interned, PyObject *filename, int take_refs)
+{
+    if (filename == NULL || !PyUnicode_Check(filename)) {
+        return &_Py_STR(anon_unknown);
+    }
+    _Py_hashtable_entry_t *entry;
+    entry = _Py_hashtable_get_entry(interned->filenames, filename);
+    if (entry != NULL) {
+        return (PyObject *)entry->key;
+    }
+    if (!take_refs) {
+        return &_Py_STR(anon_unknown);
+    }
+    /* the filenames table keeps a reference to the filename */
+    if (_Py_hashtable_set(interned->filenames, Py_NewRef(filename),
+                          NULL) < 0) {
+        Py_DECREF(filename);
+        return &_Py_STR(anon_unknown);
+    }
+    return filename;
+}
+
+
+static void
+get_frame(interned_t *interned, _PyInterpreterFrame *pyframe, frame_t *frame,
+          int take_refs)
+{
+    assert(PyCode_Check(pyframe->f_executable));
+    int lineno = PyUnstable_InterpreterFrame_GetLine(pyframe);
+    if (lineno < 0) {
+        lineno = 0;
+    }
+    frame->lineno = (unsigned int)lineno;
+    PyObject *filename = ((PyCodeObject *)pyframe->f_executable)->co_filename;
+    frame->filename = intern_filename(interned, filename, take_refs);
+}
+
+
+static Py_uhash_t
+traceback_hash(traceback_t *traceback)
+{
+    /* code based on tuplehash() of Objects/tupleobject.c */
+    Py_uhash_t x, y;  /* Unsigned for defined overflow behavior. */
+    int len = traceback->nframe;
+    Py_uhash_t mult = PyHASH_MULTIPLIER;
+    frame_t *frame;
+
+    x = 0x345678UL;
+    frame = traceback->frames;
+    while (--len >= 0) {
+        y = (Py_uhash_t)PyObject_Hash(frame->filename);
+        y ^= (Py_uhash_t)frame->lineno;
+        frame++;
+
+        x = (x ^ y) * mult;
+        /* the cast might truncate len; that doesn't change hash stability */
+        mult += (Py_uhash_t)(82520UL + len + len);
+    }
+    x ^= traceback->total_nframe;
+    x += 97531UL;
+    return x;
+}
+
+
+static void
+traceback_get_frames(tm_state_t *state, PyThreadState *tstate,
+                     traceback_t *traceback, int take_refs)
+{
+    _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
+    while (pyframe) {
+        if (traceback->nframe < state->max_nframe) {
+            get_frame(state->interned, pyframe,
+                      &traceback->frames[traceback->nframe], take_refs);
+            traceback->nframe++;
+        }
+        if (traceback->total_nframe < UINT16_MAX) {
+            traceback->total_nframe++;
+        }
+        pyframe = _PyFrame_GetFirstComplete(pyframe->previous);
+    }
+}
+
+
+/* Capture the current traceback of tstate (NULL: none) and intern it.
+   Called with the state's mutex held. */
+static traceback_t *
+traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+{
+    traceback_t *traceback = state->traceback;
+    traceback->nframe = 0;
+    traceback->total_nframe = 0;
+    if (tstate != NULL) {
+        traceback_get_frames(state, tstate, traceback, take_refs);
+    }
+    if (traceback->nframe == 0) {
+        return &runtime_state.empty_traceback;
+    }
+    traceback->hash = traceback_hash(traceback);
+
+    _Py_hashtable_t *tracebacks = state->interned->tracebacks;
+    _Py_hashtable_entry_t *entry = _Py_hashtable_get_entry(tracebacks,
+                                                           traceback);
+    if (entry != NULL) {
+        return (traceback_t *)entry->key;
+    }
+    size_t traceback_size = TRACEBACK_SIZE(traceback->nframe);
+    traceback_t *copy = raw_malloc(traceback_size);
+    if (copy == NULL) {
+        return NULL;
+    }
+    memcpy(copy, traceback, traceback_size);
+    if (_Py_hashtable_set(tracebacks, copy, NULL) < 0) {
+        raw_free(copy);
+        return NULL;
+    }
+    return copy;
+}
+
+
+/* --- Traces of one interpreter (its mutex held) -------------------------- */
+
+static _Py_hashtable_t*
+get_traces_table(tm_state_t *state, unsigned int domain)
+{
+    if (domain == DEFAULT_DOMAIN) {
+        return state->traces;
+    }
+    return _Py_hashtable_get(state->domains, TO_PTR(domain));
+}
+
+
+/* Remove the trace of ptr, if the state has one; return 1 if it had,
+   storing the block's size in *size. */
+static int
+remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
+             size_t *size)
+{
+    if (!state->tracing) {
+        return 0;
+    }
+    _Py_hashtable_t *traces = get_traces_table(state, domain);
+    if (traces == NULL) {
+        return 0;
+    }
+    trace_t *trace = _Py_hashtable_steal(traces, TO_PTR(ptr));
+    if (trace == NULL) {
+        return 0;
+    }
+    assert(state->traced_memory >= trace->size);
+    state->traced_memory -= trace->size;
+    if (size != NULL) {
+        *size = trace->size;
+    }
+    raw_free(trace);
+    return 1;
+}
+
+
+static int
+add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
+          unsigned int domain, uintptr_t ptr, size_t size)
+{
+    assert(state->tracing);
+
+    traceback_t *traceback = traceback_new(state, tstate, take_refs);
+    if (traceback == NULL) {
+        return -1;
+    }
+
+    _Py_hashtable_t *traces = get_traces_table(state, domain);
+    if (traces == NULL) {
+        traces = traces_table_new();
+        if (traces == NULL) {
+            return -1;
+        }
+        if (_Py_hashtable_set(state->domains, TO_PTR(domain), traces) < 0) {
+            _Py_hashtable_destroy(traces);
+            return -1;
+        }
+    }
+
+    trace_t *trace = _Py_hashtable_get(traces, TO_PTR(ptr));
+    if (trace != NULL) {
+        /* the memory block is already tracked */
+        assert(state->traced_memory >= trace->size);
+        state->traced_memory -= trace->size;
+        trace->size = size;
+        trace->traceback = traceback;
+    }
+    else {
+        trace = raw_malloc(sizeof(trace_t));
+        if (trace == NULL) {
+            return -1;
+        }
+        trace->size = size;
+        trace->traceback = traceback;
+        if (_Py_hashtable_set(traces, TO_PTR(ptr), trace) != 0) {
+            raw_free(trace);
+            return -1;
+        }
+    }
+
+    assert(state->traced_memory <= SIZE_MAX - size);
+    state->traced_memory += size;
+    if (state->traced_memory > state->peak_traced_memory) {
+        state->peak_traced_memory = state->traced_memory;
+    }
+    return 0;
+}
+
+
+/* --- Attribution --------------------------------------------------------- */
+
+static tm_state_t *
+interp_state(PyInterpreterState *interp)
+{
+    return &interp->tracemalloc;
+}
+
+/* Is state registered as tracing?  Called with the registry locked: a
+   registered state cannot be freed until it is unregistered. */
+static int
+is_registered(tm_state_t *state)
+{
+    for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
+        if (runtime_state.tracing[i] == state) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Trace a block allocated with no attached thread state (see the comment at
+   the top of the file).  Return -2 if no interpreter takes it. */
+static int
+add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
+{
+    if (ntracing_hint() == 0) {
+        return -2;
+    }
+    /* Read before taking the registry lock: it does not lock, and the
+       bound thread state is this thread's own. */
+    PyThreadState *bound = PyGILState_GetThisThreadState();
+    PyInterpreterState *main_interp = _PyInterpreterState_Main();
+    int res = -2;
+
+    lock_registry();
+    tm_state_t *state = NULL;
+    if (bound != NULL && is_registered(interp_state(bound->interp))) {
+        state = interp_state(bound->interp);
+    }
+    else {
+        bound = NULL;
+        if (main_interp != NULL && is_registered(interp_state(main_interp))) {
+            state = interp_state(main_interp);
+        }
+    }
+    if (state != NULL) {
+        lock_state(state);
+        if (state->tracing) {
+            res = add_trace(state, bound, 0, domain, ptr, size);
+        }
+        unlock_state(state);
+    }
+    unlock_registry();
+    return res;
+}
+
+/* Trace a new block for the interpreter it belongs to.  Return 0 on
+   success or if nobody traces it, -1 on memory error. */
+static int
+trace_block(unsigned int domain, uintptr_t ptr, size_t size)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    if (tstate == NULL) {
+        return add_trace_unattached(domain, ptr, size) == -1 ? -1 : 0;
+    }
+    tm_state_t *state = interp_state(tstate->interp);
+    if (!state_is_tracing(state)) {
+        return 0;
+    }
+    int res = 0;
+    lock_state(state);
+    if (state->tracing) {
+        res = add_trace(state, tstate, 1, domain, ptr, size);
+    }
+    unlock_state(state);
+    return res;
+}
+
+/* Drop the trace of a block from the interpreter that owns it, if any.
+   Return 1 if one did, storing the block's size in *size. */
+static int
+untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+    Py_ssize_t others = ntracing_hint();
+    if (own != NULL && state_is_tracing(own)) {
+        lock_state(own);
+        int found = remove_trace(own, domain, ptr, size);
+        unlock_state(own);
+        if (found) {
+            return 1;
+        }
+        others--;
+    }
+    if (others <= 0) {
+        return 0;
+    }
+
+    /* Allocated by another interpreter, or by nobody that traces. */
+    int found = 0;
+    lock_registry();
+    for (Py_ssize_t i = 0; i < runtime_state.ntracing && !found; i++) {
+        tm_state_t *state = runtime_state.tracing[i];
+        if (state == own) {
+            continue;
+        }
+        lock_state(state);
+        found = remove_trace(state, domain, ptr, size);
+        unlock_state(state);
+    }
+    unlock_registry();
+    return found;
+}
+
+
+/* --- Allocator hooks ----------------------------------------------------- */
+
+/* The hooks are installed with the ctx of the allocator they wrap and never
+   use it: an allocation racing with PyMem_SetAllocator() in another thread
+   may pair the old function with the new ctx or the reverse, and both
+   pairs must work.  Each domain has its own hook functions instead. */
+
+static void*
+hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
+           size_t nelem, size_t elsize)
+{
+    assert(elsize == 0 || nelem <= SIZE_MAX / elsize);
+    if (reentrant) {
+        return use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
+                          : alloc->malloc(alloc->ctx, nelem * elsize);
+    }
+    reentrant = 1;
+    void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
+                           : alloc->malloc(alloc->ctx, nelem * elsize);
+    if (ptr != NULL
+        && trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, nelem * elsize) < 0)
+    {
+        /* Failed to allocate a trace for the new memory block */
+        alloc->free(alloc->ctx, ptr);
+        ptr = NULL;
+    }
+    reentrant = 0;
+    return ptr;
+}
+
+
+static void*
+hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
+{
+    if (reentrant) {
+        /* Example: pymalloc reallocating a large block through
+           PyMem_RawRealloc(), which the outer hook has untraced already.
+           A traced block moved here (by a finalizer run while a snapshot
+           is converted, say) must not leave a stale trace. */
+        void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
+        if (ptr2 != NULL && ptr != NULL && ptr2 != ptr
+            && ntracing_hint() > 0)
+        {
+            (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
+        }
+        return ptr2;
+    }
+    reentrant = 1;
+    /* Drop the old trace first: once realloc() returns, another thread may
+       be handed the old address and trace it. */
+    size_t old_size = 0;
+    int traced = (ptr != NULL && ntracing_hint() > 0
+                  && untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &old_size));
+    void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
+    if (ptr2 == NULL) {
+        if (traced) {
+            /* The block is unchanged: trace it again (best effort). */
+            (void)trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, old_size);
+        }
+    }
+    else if (trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr2, new_size) < 0) {
+        if (ptr == NULL) {
+            /* Failed to allocate a trace for the new memory block */
+            alloc->free(alloc->ctx, ptr2);
+            ptr2 = NULL;
+        }
+        /* else: the block was resized and cannot be given back; it stays
+           untraced rather than failing the realloc() */
+    }
+    reentrant = 0;
+    return ptr2;
+}
+
+
+static void
+hook_free(PyMemAllocatorEx *alloc, void *ptr)
+{
+    if (ptr == NULL) {
+        return;
+    }
+    /* Untrace before freeing, for the reason given in hook_realloc(). */
+    if (ntracing_hint() > 0) {
+        (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
+    }
+    alloc->free(alloc->ctx, ptr);
+}
+
+
+#define DEFINE_HOOKS(DOMAIN) \
+    static void* \
+    hook_##DOMAIN##_malloc(void *Py_UNUSED(ctx), size_t size) \
+    { \
+        return hook_alloc(&allocators.DOMAIN, 0, 1, size); \
+    } \
+    static void* \
+    hook_##DOMAIN##_calloc(void *Py_UNUSED(ctx), size_t nelem, size_t elsize) \
+    { \
+        return hook_alloc(&allocators.DOMAIN, 1, nelem, elsize); \
+    } \
+    static void* \
+    hook_##DOMAIN##_realloc(void *Py_UNUSED(ctx), void *ptr, size_t new_size) \
+    { \
+        return hook_realloc(&allocators.DOMAIN, ptr, new_size); \
+    } \
+    static void \
+    hook_##DOMAIN##_free(void *Py_UNUSED(ctx), void *ptr) \
+    { \
+        hook_free(&allocators.DOMAIN, ptr); \
+    } \
+    static const PyMemAllocatorEx hooks_##DOMAIN = { \
+        NULL, hook_##DOMAIN##_malloc, hook_##DOMAIN##_calloc, \
+        hook_##DOMAIN##_realloc, hook_##DOMAIN##_free \
+    };
+
+DEFINE_HOOKS(raw)
+DEFINE_HOOKS(mem)
+DEFINE_HOOKS(obj)
+
+#undef DEFINE_HOOKS
+
+
+static void
+install_hook(PyMemAllocatorDomain domain, PyMemAllocatorEx *saved,
+             const PyMemAllocatorEx *hooks)
+{
+    PyMem_GetAllocator(domain, saved);
+    PyMemAllocatorEx alloc = *hooks;
+    alloc.ctx = saved->ctx;
+    PyMem_SetAllocator(domain, &alloc);
+}
+
+
+/* Called with hooks_mutex held when the first interpreter starts tracing:
+   the registry already lists it, so its own allocations are traced from
+   here on. */
+static void
+install_hooks(void)
+{
+#ifdef TRACE_RAW_MALLOC
+    install_hook(PYMEM_DOMAIN_RAW, &allocators.raw, &hooks_raw);
+#endif
+    install_hook(PYMEM_DOMAIN_MEM, &allocators.mem, &hooks_mem);
+    install_hook(PYMEM_DOMAIN_OBJ, &allocators.obj, &hooks_obj);
+    (void)PyRefTracer_SetTracer(_PyTraceMalloc_TraceRef, NULL);
+}
+
+
+/* Called with hooks_mutex held when the last interpreter stops.  The saved
+   allocators stay as they are: a thread may still be running a hook that
+   read the old function pointer. */
+static void
+remove_hooks(void)
+{
+    (void)PyRefTracer_SetTracer(NULL, NULL);
+#ifdef TRACE_RAW_MALLOC
+    PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &allocators.raw);
+#endif
+    PyMem_SetAllocator(PYMEM_DOMAIN_MEM, &allocators.mem);
+    PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &allocators.obj);
+}
+
+
+/* --- The registry of tracing interpreters -------------------------------- */
+
+/* Called with the registry locked. */
+static int
+register_state(tm_state_t *state)
+{
+    if (runtime_state.ntracing == runtime_state.capacity) {
+        Py_ssize_t capacity = runtime_state.capacity * 2 + 4;
+        tm_state_t **tracing = raw_malloc(capacity * sizeof(tm_state_t *));
+        if (tracing == NULL) {
+            return -1;
+        }
+        if (runtime_state.ntracing > 0) {
+            memcpy(tracing, runtime_state.tracing,
+                   runtime_state.ntracing * sizeof(tm_state_t *));
+        }
+        raw_free(runtime_state.tracing);
+        runtime_state.tracing = tracing;
+        runtime_state.capacity = capacity;
+    }
+    runtime_state.tracing[runtime_state.ntracing] = state;
+    _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing,
+                                   runtime_state.ntracing + 1);
+    return 0;
+}
+
+/* Called with the registry locked. */
+static void
+unregister_state(tm_state_t *state)
+{
+    Py_ssize_t n = runtime_state.ntracing;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (runtime_state.tracing[i] == state) {
+            runtime_state.tracing[i] = runtime_state.tracing[n - 1];
+            _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing, n - 1);
+            return;
+        }
+    }
+    Py_UNREACHABLE();
+}
+
+
+/* --- Tables of one interpreter ------------------------------------------- */
+
+/* The tables of a tracing session: built without any lock held, swapped
+   into a state under its mutex, destroyed without any lock held. */
+typedef struct {
+    traceback_t *traceback;
+    interned_t *interned;
+    _Py_hashtable_t *traces;
+    _Py_hashtable_t *domains;
+} tables_t;
+
+static void
+tables_destroy(tables_t *tables)
+{
+    if (tables->traces != NULL) {
+        _Py_hashtable_destroy(tables->traces);
+    }
+    if (tables->domains != NULL) {
+        _Py_hashtable_destroy(tables->domains);
+    }
+    if (tables->interned != NULL) {
+        interned_destroy(tables->interned);
+    }
+    if (tables->traceback != NULL) {
+        raw_free(tables->traceback);
+    }
+}
+
+static int
+tables_new(tables_t *tables, int max_nframe)
+{
+    tables->traceback = max_nframe ? raw_malloc(TRACEBACK_SIZE(max_nframe))
+                                   : NULL;
+    tables->interned = interned_new();
+    tables->traces = traces_table_new();
+    tables->domains = domains_table_new();
+    if ((max_nframe && tables->traceback == NULL) || tables->interned == NULL
+        || tables->traces == NULL || tables->domains == NULL)
+    {
+        if (tables->interned != NULL) {
+            tables->interned->refcnt = 0;
+        }
+        tables_destroy(tables);
+        return -1;
+    }
+    return 0;
+}
+
+/* Exchange the traces and interned tables of a state with *tables; what
+   comes out is to be destroyed once nothing else references it.  Called
+   with the state's mutex held. */
+static void
+tables_swap(tm_state_t *state, tables_t *tables)
+{
+    _Py_hashtable_t *traces = state->traces;
+    _Py_hashtable_t *domains = state->domains;
+    interned_t *interned = state->interned;
+    state->traces = tables->traces;
+    state->domains = tables->domains;
+    state->interned = tables->interned;
+    tables->traces = traces;
+    tables->domains = domains;
+    tables->interned = interned ? interned_release(interned) : NULL;
+}
+
+
+/* --- Lifecycle ----------------------------------------------------------- */
+
+PyStatus
+_PyTraceMalloc_Init(void)
+{
+    PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &allocators.raw);
+
+    traceback_t *empty = &runtime_state.empty_traceback;
+    empty->nframe = 1;
+    empty->total_nframe = 1;
+    /* borrowed reference to a static string shared by all interpreters */
+    empty->frames[0].filename = &_Py_STR(anon_unknown);
+    empty->frames[0].lineno = 0;
+    empty->hash = traceback_hash(empty);
+    return _PyStatus_OK();
+}
+
+
+int
+_PyTraceMalloc_Start(int max_nframe)
+{
+    if (max_nframe < 1 || (unsigned long) max_nframe > MAX_NFRAME) {
+        PyErr_Format(PyExc_ValueError,
+                     "the number of frames must be in range [1; %lu]",
+                     MAX_NFRAME);
+        return -1;
+    }
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    if (state_is_tracing(state)) {
+        /* already tracing: do nothing, as before */
+        return 0;
+    }
+
+    tables_t tables;
+    if (tables_new(&tables, max_nframe) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+
+    PyMutex_Lock(&runtime_state.hooks_mutex);
+    int res = 0;
+    lock_registry();
+    if (state->tracing) {
+        /* another thread of this interpreter started it meanwhile */
+        unlock_registry();
+        goto done;
+    }
+    if (register_state(state) < 0) {
+        unlock_registry();
+        PyErr_NoMemory();
+        res = -1;
+        goto done;
+    }
+    lock_state(state);
+    traceback_t *traceback = state->traceback;
+    state->traceback = tables.traceback;
+    tables.traceback = traceback;
+    tables_swap(state, &tables);
+    state->max_nframe = max_nframe;
+    state->traced_memory = 0;
+    state->peak_traced_memory = 0;
+    _Py_atomic_store_int_relaxed(&state->tracing, 1);
+    unlock_state(state);
+    int first = (runtime_state.ntracing == 1);
+    unlock_registry();
+
+    if (first) {
+        install_hooks();
+    }
+done:
+    PyMutex_Unlock(&runtime_state.hooks_mutex);
+    tables_destroy(&tables);
+    return res;
+}
+
+
+/* Stop tracing in the interpreter of the state, and free its tables.  The
+   filenames are released, so that interpreter's thread state is attached
+   (or release_filenames is 0, and they are leaked). */
+static void
+stop_tracing(tm_state_t *state, int release_filenames)
+{
+    PyMutex_Lock(&runtime_state.hooks_mutex);
+    lock_registry();
+    if (!state->tracing) {
+        unlock_registry();
+        PyMutex_Unlock(&runtime_state.hooks_mutex);
+        return;
+    }
+    unregister_state(state);
+    int last = (runtime_state.ntracing == 0);
+
+    tables_t tables = {NULL, NULL, NULL, NULL};
+    lock_state(state);
+    _Py_atomic_store_int_relaxed(&state->tracing, 0);
+    tables_swap(state, &tables);
+    tables.traceback = state->traceback;
+    state->traceback = NULL;
+    state->traced_memory = 0;
+    state->peak_traced_memory = 0;
+    unlock_state(state);
+    unlock_registry();
+
+    if (last) {
+        remove_hooks();
+    }
+    PyMutex_Unlock(&runtime_state.hooks_mutex);
+
+    if (!release_filenames && tables.interned != NULL) {
+        /* Leak the filenames rather than touch another interpreter's
+           objects: drop the table without calling its destructor. */
+        tables.interned->filenames->key_destroy_func = NULL;
+    }
+    tables_destroy(&tables);
+}
+
+
+void
+_PyTraceMalloc_Stop(void)
+{
+    stop_tracing(interp_state(_PyInterpreterState_GET()), 1);
+}
+
+
+void
+_PyTraceMalloc_ForgetInterpreter(PyInterpreterState *interp)
+{
+    tm_state_t *state = interp_state(interp);
+    PyThreadState *tstate = _PyThreadState_GET();
+    stop_tracing(state, tstate != NULL && tstate->interp == interp);
+}
+
+
+void
+_PyTraceMalloc_Fini(void)
+{
+    /* Every interpreter has stopped by now, unless one was never finalized:
+       its tables are leaked, but the hooks must go. */
+    PyMutex_Lock(&runtime_state.hooks_mutex);
+    lock_registry();
+    int installed = (runtime_state.ntracing > 0);
+    _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing, 0);
+    raw_free(runtime_state.tracing);
+    runtime_state.tracing = NULL;
+    runtime_state.capacity = 0;
+    unlock_registry();
+    if (installed) {
+        remove_hooks();
+    }
+    PyMutex_Unlock(&runtime_state.hooks_mutex);
+}
+
+
+/* --- Reused objects ------------------------------------------------------ */
+
+/* If the object memory block is already traced by the calling interpreter,
+   update its trace with the current Python traceback: an object taken from
+   a free list is "allocated" again without a call to the allocator.
+
+   Do nothing if the interpreter does not trace or if the object memory
+   block is not already traced. */
+int
+_PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
+                        void* Py_UNUSED(ignore))
+{
+    if (event != PyRefTracer_CREATE) {
+        return 0;
+    }
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *state = interp_state(tstate->interp);
+    if (!state_is_tracing(state)) {
+        return -1;
+    }
+
+    PyTypeObject *type = Py_TYPE(op);
+    const size_t presize = _PyType_PreHeaderSize(type);
+    uintptr_t ptr = (uintptr_t)((char *)op - presize);
+
+    int res = -1;
+    lock_state(state);
+    if (state->tracing) {
+        trace_t *trace = _Py_hashtable_get(state->traces, TO_PTR(ptr));
+        if (trace != NULL) {
+            /* update the traceback of the memory block */
+            traceback_t *traceback = traceback_new(state, tstate, 1);
+            if (traceback != NULL) {
+                trace->traceback = traceback;
+                res = 0;
+            }
+        }
+        /* else: cannot track the object, its memory block size is unknown */
+    }
+    unlock_state(state);
+    return res;
+}
+
+
+/* --- C API --------------------------------------------------------------- */
+
+int
+PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    if (tstate == NULL) {
+        return add_trace_unattached(domain, ptr, size);
+    }
+    tm_state_t *state = interp_state(tstate->interp);
+    int res = -2;
+    lock_state(state);
+    if (state->tracing) {
+        res = add_trace(state, tstate, 1, domain, ptr, size);
+    }
+    unlock_state(state);
+    return res;
+}
+
+
+int
+PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr)
+{
+    if (untrace_block(domain, ptr, NULL)) {
+        return 0;
+    }
+    /* Nobody had it: report whether the caller's interpreter traces. */
+    PyThreadState *tstate = _PyThreadState_GET();
+    if (tstate == NULL) {
+        tstate = PyGILState_GetThisThreadState();
+    }
+    if (tstate == NULL) {
+        return ntracing_hint() > 0 ? 0 : -2;
+    }
+    return state_is_tracing(interp_state(tstate->interp)) ? 0 : -2;
+}
+
+
+/* --- Converting traces to Python objects --------------------------------- */
+
+static PyObject*
+frame_to_pyobject(frame_t *frame)
+{
+    PyObject *lineno_obj = PyLong_FromUnsignedLong(frame->lineno);
+    if (lineno_obj == NULL) {
+        return NULL;
+    }
+    PyObject *frame_obj = PyTuple_New(2);
+    if (frame_obj == NULL) {
+        Py_DECREF(lineno_obj);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(frame_obj, 0, Py_NewRef(frame->filename));
+    PyTuple_SET_ITEM(frame_obj, 1, lineno_obj);
+    return frame_obj;
+}
+
+
+static PyObject*
+traceback_to_pyobject(traceback_t *traceback, _Py_hashtable_t *intern_table)
+{
+    PyObject *frames;
+
+    if (intern_table != NULL) {
+        frames = _Py_hashtable_get(intern_table, (const void *)traceback);
+        if (frames) {
+            return Py_NewRef(frames);
+        }
+    }
+
+    frames = PyTuple_New(traceback->nframe);
+    if (frames == NULL) {
+        return NULL;
+    }
+    for (int i=0; i < traceback->nframe; i++) {
+        PyObject *frame = frame_to_pyobject(&traceback->frames[i]);
+        if (frame == NULL) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(frames, i, frame);
+    }
+
+    if (intern_table != NULL) {
+        if (_Py_hashtable_set(intern_table, traceback, frames) < 0) {
+            Py_DECREF(frames);
+            PyErr_NoMemory();
+            return NULL;
+        }
+        /* intern_table keeps a new reference to frames */
+        Py_INCREF(frames);
+    }
+    return frames;
+}
+
+
+static PyObject*
+trace_to_pyobject(unsigned int domain, const trace_t *trace,
+                  _Py_hashtable_t *intern_tracebacks)
+{
+    PyObject *traceback = traceback_to_pyobject(trace->traceback,
+                                                intern_tracebacks);
+    if (traceback == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(InNI)", domain, (Py_ssize_t)trace->size,
+                         traceback,
+                         (unsigned int)trace->traceback->total_nframe);
+}
+
+
+/* Take a reference to the interned tables of the calling interpreter, so
+   the tracebacks stay valid after its mutex is released; NULL if it does
+   not trace.  Called with the state's mutex held. */
+static interned_t *
+interned_acquire(tm_state_t *state)
+{
+    if (!state->tracing) {
+        return NULL;
+    }
+    state->interned->refcnt++;
+    return state->interned;
+}
+
+static void
+interned_put(tm_state_t *state, interned_t *interned)
+{
+    if (interned == NULL) {
+        return;
+    }
+    lock_state(state);
+    interned_t *dead = interned_release(interned);
+    unlock_state(state);
+    interned_destroy(dead);
+}
+
+
+static int
+copy_trace(_Py_hashtable_t *traces, const void *key, const void *value,
+           void *user_data)
+{
+    _Py_hashtable_t *traces2 = (_Py_hashtable_t *)user_data;
+    trace_t *trace2 = raw_malloc(sizeof(trace_t));
+    if (trace2 == NULL) {
+        return -1;
+    }
+    *trace2 = *(const trace_t *)value;
+    if (_Py_hashtable_set(traces2, key, trace2) < 0) {
+        raw_free(trace2);
+        return -1;
+    }
+    return 0;
+}
+
+
+static _Py_hashtable_t*
+copy_traces(_Py_hashtable_t *traces)
+{
+    _Py_hashtable_t *traces2 = traces_table_new();
+    if (traces2 == NULL) {
+        return NULL;
+    }
+    if (_Py_hashtable_foreach(traces, copy_trace, traces2)) {
+        _Py_hashtable_destroy(traces2);
+        return NULL;
+    }
+    return traces2;
+}
+
+
+static int
+copy_domain(_Py_hashtable_t *domains, const void *key, const void *value,
+            void *user_data)
+{
+    _Py_hashtable_t *domains2 = (_Py_hashtable_t *)user_data;
+    _Py_hashtable_t *traces2 = copy_traces((_Py_hashtable_t *)value);
+    if (traces2 == NULL) {
+        return -1;
+    }
+    if (_Py_hashtable_set(domains2, key, traces2) < 0) {
+        _Py_hashtable_destroy(traces2);
+        return -1;
+    }
+    return 0;
+}
+
+
+static _Py_hashtable_t*
+copy_domains(_Py_hashtable_t *domains)
+{
+    _Py_hashtable_t *domains2 = domains_table_new();
+    if (domains2 == NULL) {
+        return NULL;
+    }
+    if (_Py_hashtable_foreach(domains, copy_domain, domains2)) {
+        _Py_hashtable_destroy(domains2);
+        return NULL;
+    }
+    return domains2;
+}
+
+
+typedef struct {
+    _Py_hashtable_t *tracebacks;
+    PyObject *list;
+    unsigned int domain;
+} get_traces_t;
+
+
+static int
+get_traces_fill(_Py_hashtable_t *traces, const void *key, const void *value,
+                void *user_data)
+{
+    get_traces_t *get_traces = user_data;
+    PyObject *tuple = trace_to_pyobject(get_traces->domain,
+                                        (const trace_t *)value,
+                                        get_traces->tracebacks);
+    if (tuple == NULL) {
+        return 1;
+    }
+    int res = PyList_Append(get_traces->list, tuple);
+    Py_DECREF(tuple);
+    return res < 0;
+}
+
+
+static int
+get_traces_domain(_Py_hashtable_t *domains, const void *key,
+                  const void *value, void *user_data)
+{
+    get_traces_t *get_traces = user_data;
+    get_traces->domain = (unsigned int)FROM_PTR(key);
+    return _Py_hashtable_foreach((_Py_hashtable_t *)value,
+                                 get_traces_fill, get_traces);
+}
+
+
+static void
+tracemalloc_pyobject_decref(void *value)
+{
+    Py_DECREF((PyObject *)value);
+}
+
+
+PyObject *
+_PyTraceMalloc_GetTraces(void)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    get_traces_t get_traces = {NULL, NULL, DEFAULT_DOMAIN};
+    _Py_hashtable_t *traces = NULL, *domains = NULL;
+    interned_t *interned = NULL;
+
+    get_traces.list = PyList_New(0);
+    if (get_traces.list == NULL) {
+        return NULL;
+    }
+    /* the traceback hash table is used temporarily to intern traceback tuple
+       of (filename, lineno) tuples */
+    get_traces.tracebacks = hashtable_new(_Py_hashtable_hash_ptr,
+                                          _Py_hashtable_compare_direct,
+                                          NULL, tracemalloc_pyobject_decref);
+    if (get_traces.tracebacks == NULL) {
+        goto no_memory;
+    }
+
+    /* Copy the traces, so that allocations go on being traced (by other
+       threads too) while they are converted. */
+    lock_state(state);
+    interned = interned_acquire(state);
+    if (interned != NULL) {
+        traces = copy_traces(state->traces);
+        domains = copy_domains(state->domains);
+    }
+    unlock_state(state);
+    if (interned == NULL) {
+        goto finally;  /* not tracing: no traces */
+    }
+    if (traces == NULL || domains == NULL) {
+        goto no_memory;
+    }
+
+    /* The snapshot's own objects are not traced. */
+    int was_reentrant = reentrant;
+    reentrant = 1;
+    int err = _Py_hashtable_foreach(traces, get_traces_fill, &get_traces);
+    if (!err) {
+        err = _Py_hashtable_foreach(domains, get_traces_domain, &get_traces);
+    }
+    reentrant = was_reentrant;
+    if (err) {
+        goto error;
+    }
+    goto finally;
+
+no_memory:
+    PyErr_NoMemory();
+error:
+    Py_CLEAR(get_traces.list);
+finally:
+    if (get_traces.tracebacks != NULL) {
+        _Py_hashtable_destroy(get_traces.tracebacks);
+    }
+    if (traces != NULL) {
+        _Py_hashtable_destroy(traces);
+    }
+    if (domains != NULL) {
+        _Py_hashtable_destroy(domains);
+    }
+    interned_put(state, interned);
+    return get_traces.list;
+}
+
+
+PyObject*
+_PyTraceMalloc_GetTraceback(unsigned int domain, uintptr_t ptr)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    traceback_t *traceback = NULL;
+
+    lock_state(state);
+    interned_t *interned = interned_acquire(state);
+    if (interned != NULL) {
+        _Py_hashtable_t *traces = get_traces_table(state, domain);
+        trace_t *trace = traces ? _Py_hashtable_get(traces, TO_PTR(ptr))
+                                : NULL;
+        if (trace != NULL) {
+            traceback = trace->traceback;
+        }
+    }
+    unlock_state(state);
+
+    PyObject *result;
+    if (traceback == NULL) {
+        result = Py_NewRef(Py_None);
+    }
+    else {
+        result = traceback_to_pyobject(traceback, NULL);
+    }
+    interned_put(state, interned);
+    return result;
+}
+
+
+PyObject *
+_PyTraceMalloc_GetObjectTraceback(PyObject *obj)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    const size_t presize = _PyType_PreHeaderSize(type);
+    uintptr_t ptr = (uintptr_t)((char *)obj - presize);
+    return _PyTraceMalloc_GetTraceback(DEFAULT_DOMAIN, ptr);
+}
+
+
+/* --- Fatal error reports ------------------------------------------------- */
+
+#define PUTS(fd, str) (void)_Py_write_noraise(fd, str, (int)strlen(str))
+
+static void
+_PyMem_DumpFrame(int fd, frame_t * frame)
+{
+    PUTS(fd, "  File \"");
+    _Py_DumpASCII(fd, frame->filename);
+    PUTS(fd, "\", line ");
+    _Py_DumpDecimal(fd, frame->lineno);
+    PUTS(fd, "\n");
+}
+
+/* Find the traceback of a block in the tracing interpreters, the calling
+   one first.  Runs on a fatal error path, where a lock may be held by the
+   thread that crashed, so it only tries the locks. */
+static traceback_t *
+find_traceback_for_dump(const void *ptr)
+{
+    traceback_t *traceback = NULL;
+    if (!PyMutex_LockFast(&runtime_state.mutex._bits)) {
+        return NULL;
+    }
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+    for (Py_ssize_t i = -1; i < runtime_state.ntracing && !traceback; i++) {
+        tm_state_t *state = (i < 0) ? own : runtime_state.tracing[i];
+        if (state == NULL || (i >= 0 && state == own)
+            || !PyMutex_LockFast(&state->mutex._bits))
+        {
+            continue;
+        }
+        if (state->tracing) {
+            trace_t *trace = _Py_hashtable_get(state->traces, ptr);
+            if (trace != NULL) {
+                traceback = trace->traceback;
+            }
+        }
+        unlock_state(state);
+    }
+    unlock_registry();
+    return traceback;
+}
+
+/* Dump the traceback where a memory block was allocated into file descriptor
+   fd. */
+void
+_PyMem_DumpTraceback(int fd, const void *ptr)
+{
+    if (ntracing_hint() == 0) {
+        PUTS(fd, "Enable tracemalloc to get the memory block "
+                 "allocation traceback\n\n");
+        return;
+    }
+    traceback_t *traceback = find_traceback_for_dump(ptr);
+    if (traceback == NULL) {
+        return;
+    }
+    PUTS(fd, "Memory block allocated at (most recent call first):\n");
+    for (int i=0; i < traceback->nframe; i++) {
+        _PyMem_DumpFrame(fd, &traceback->frames[i]);
+    }
+    PUTS(fd, "\n");
+}
+
+#undef PUTS
+
+
+/* --- The calling interpreter's figures ----------------------------------- */
+
+int
+_PyTraceMalloc_IsTracing(void)
+{
+    return state_is_tracing(interp_state(_PyInterpreterState_GET()));
+}
+
+
+void
+_PyTraceMalloc_ClearTraces(void)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    if (!state_is_tracing(state)) {
+        return;
+    }
+    tables_t tables;
+    if (tables_new(&tables, 0) < 0) {
+        /* keep the traces rather than lose the ability to trace */
+        return;
+    }
+    lock_state(state);
+    if (state->tracing) {
+        tables_swap(state, &tables);
+        state->traced_memory = 0;
+        state->peak_traced_memory = 0;
+    }
+    else {
+        tables.interned->refcnt = 0;
+    }
+    unlock_state(state);
+    tables_destroy(&tables);
+}
+
+
+int
+_PyTraceMalloc_GetTracebackLimit(void)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    lock_state(state);
+    int max_nframe = state->max_nframe;
+    unlock_state(state);
+    return max_nframe ? max_nframe : DEFAULT_NFRAME;
+}
+
+
+static int
+add_domain_size(_Py_hashtable_t *domains, const void *key, const void *value,
+                void *user_data)
+{
+    *(size_t *)user_data += _Py_hashtable_size((const _Py_hashtable_t *)value);
+    return 0;
+}
+
+size_t
+_PyTraceMalloc_GetMemory(void)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    size_t size = 0;
+    lock_state(state);
+    if (state->tracing) {
+        size = _Py_hashtable_size(state->interned->tracebacks);
+        size += _Py_hashtable_size(state->interned->filenames);
+        size += _Py_hashtable_size(state->traces);
+        _Py_hashtable_foreach(state->domains, add_domain_size, &size);
+    }
+    unlock_state(state);
+    return size;
+}
+
+
+PyObject *
+_PyTraceMalloc_GetTracedMemory(void)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    lock_state(state);
+    Py_ssize_t size = state->traced_memory;
+    Py_ssize_t peak_size = state->peak_traced_memory;
+    unlock_state(state);
+    return Py_BuildValue("nn", size, peak_size);
+}
+
+
+void
+_PyTraceMalloc_ResetPeak(void)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    lock_state(state);
+    state->peak_traced_memory = state->traced_memory;
+    unlock_state(state);
+}
