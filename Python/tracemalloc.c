@@ -10,12 +10,14 @@
    - A block belongs to the interpreter whose thread state is attached when
      it is allocated, if that interpreter traces.
    - With no attached thread state (PyMem_RawMalloc() from a thread that
-     released the GIL, or from a C thread), it belongs to the interpreter of
-     the thread state bound to the thread (PyGILState_GetThisThreadState())
-     if that interpreter traces, with the frames of that thread state; else
-     to the main interpreter, if it traces, with an empty traceback; else to
-     nobody.  No thread state is ever created or attached, and the GIL is
-     never taken.
+     released the GIL, or from a C thread), it belongs to the interpreter
+     last seen attached in this thread, if that interpreter still traces:
+     with the frames of the thread state bound to the thread
+     (PyGILState_GetThisThreadState()) when that one belongs to the same
+     interpreter, else with an empty traceback.  Failing that, it belongs
+     to the main interpreter, if it traces, with an empty traceback; else
+     to nobody.  No thread state is ever created or attached, and the GIL
+     is never taken.
    - A free drops the trace from whichever interpreter owns the block: the
      calling interpreter is looked at first, the other tracing interpreters
      only when that fails. */
@@ -75,6 +77,12 @@ typedef struct {
    asking the raw domain for a large block, say) is the same block, or
    tracemalloc's own, and is not traced again. */
 static _Py_thread_local int reentrant = 0;
+
+/* The state of the interpreter whose thread state was last seen attached
+   in this thread by the hooks: where a block allocated later with no
+   attached thread state goes, if that interpreter is still registered as
+   tracing.  Never dereferenced before the registry vouches for it. */
+static _Py_thread_local tm_state_t *last_attached = NULL;
 
 
 /* --- Locks --------------------------------------------------------------- */
@@ -536,35 +544,46 @@ is_registered(tm_state_t *state)
     return 0;
 }
 
-/* Trace a block allocated with no attached thread state (see the comment at
-   the top of the file).  Return -2 if no interpreter takes it. */
+/* The interpreter a block allocated with no attached thread state belongs
+   to (see the comment at the top of the file), or NULL; *frames_of is set
+   to the thread state whose frames make its traceback, or NULL.  Called
+   with the registry locked. */
+static tm_state_t *
+unattached_owner(PyThreadState **frames_of)
+{
+    *frames_of = NULL;
+    if (last_attached != NULL && is_registered(last_attached)) {
+        /* The thread state bound to this thread is its own and detached:
+           its frames can be read if it belongs to the same interpreter. */
+        PyThreadState *bound = PyGILState_GetThisThreadState();
+        if (bound != NULL && interp_state(bound->interp) == last_attached) {
+            *frames_of = bound;
+        }
+        return last_attached;
+    }
+    PyInterpreterState *main_interp = _PyInterpreterState_Main();
+    if (main_interp != NULL && is_registered(interp_state(main_interp))) {
+        return interp_state(main_interp);
+    }
+    return NULL;
+}
+
+/* Trace a block allocated with no attached thread state.  Return -2 if no
+   interpreter takes it. */
 static int
 add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
 {
     if (ntracing_hint() == 0) {
         return -2;
     }
-    /* Read before taking the registry lock: it does not lock, and the
-       bound thread state is this thread's own. */
-    PyThreadState *bound = PyGILState_GetThisThreadState();
-    PyInterpreterState *main_interp = _PyInterpreterState_Main();
     int res = -2;
-
     lock_registry();
-    tm_state_t *state = NULL;
-    if (bound != NULL && is_registered(interp_state(bound->interp))) {
-        state = interp_state(bound->interp);
-    }
-    else {
-        bound = NULL;
-        if (main_interp != NULL && is_registered(interp_state(main_interp))) {
-            state = interp_state(main_interp);
-        }
-    }
+    PyThreadState *frames_of;
+    tm_state_t *state = unattached_owner(&frames_of);
     if (state != NULL) {
         lock_state(state);
         if (state->tracing) {
-            res = add_trace(state, bound, 0, domain, ptr, size);
+            res = add_trace(state, frames_of, 0, domain, ptr, size);
         }
         unlock_state(state);
     }
@@ -582,6 +601,7 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
         return add_trace_unattached(domain, ptr, size) == -1 ? -1 : 0;
     }
     tm_state_t *state = interp_state(tstate->interp);
+    last_attached = state;
     if (!state_is_tracing(state)) {
         return 0;
     }
@@ -1109,6 +1129,7 @@ PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
         return add_trace_unattached(domain, ptr, size);
     }
     tm_state_t *state = interp_state(tstate->interp);
+    last_attached = state;
     int res = -2;
     lock_state(state);
     if (state->tracing) {
@@ -1125,15 +1146,19 @@ PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr)
     if (untrace_block(domain, ptr, NULL)) {
         return 0;
     }
-    /* Nobody had it: report whether the caller's interpreter traces. */
+    /* Nobody had it: -2 if the caller's interpreter does not trace. */
     PyThreadState *tstate = _PyThreadState_GET();
-    if (tstate == NULL) {
-        tstate = PyGILState_GetThisThreadState();
+    if (tstate != NULL) {
+        return state_is_tracing(interp_state(tstate->interp)) ? 0 : -2;
     }
-    if (tstate == NULL) {
-        return ntracing_hint() > 0 ? 0 : -2;
+    if (ntracing_hint() == 0) {
+        return -2;
     }
-    return state_is_tracing(interp_state(tstate->interp)) ? 0 : -2;
+    lock_registry();
+    PyThreadState *frames_of;
+    int res = unattached_owner(&frames_of) != NULL ? 0 : -2;
+    unlock_registry();
+    return res;
 }
 
 

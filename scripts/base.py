@@ -29,6 +29,7 @@ Environment:
 """
 
 import argparse
+import fcntl
 import hashlib
 import os
 import re
@@ -523,6 +524,10 @@ def main():
                                             'status', 'discard', 'info'])
     args = parser.parse_args()
     conf = read_conf()
+    os.makedirs(BUILD, exist_ok=True)
+    # One assembly at a time: builds of several variants may run at once.
+    lock = open(os.path.join(BUILD, '.lock'), 'w')
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if args.command == 'fetch':
             print(*fetch(conf), sep='\n')
