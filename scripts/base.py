@@ -198,7 +198,8 @@ def apply_patch(tree, patch_path, what):
             raise Failure(f'{what} {os.path.basename(patch_path)} no longer '
                           f'applies:\n{proc.stdout}{proc.stderr}'
                           'Refresh the patch against the new base (see '
-                          'README, "Rebasing"); nothing was changed in build/.')
+                          'README, "Rebasing"); build/src was left as it '
+                          'was.')
 
 
 def extract_orig(orig, dest):
@@ -413,7 +414,7 @@ def assemble(conf):
 
 
 # What a build writes into the source tree, never an edit.
-BUILD_PRODUCTS = ('__pycache__', '*.pyc')
+BUILD_PRODUCTS = ('__pycache__', '*.pyc', '*.orig', '*.rej')
 
 
 def commit_src(message):
@@ -466,7 +467,8 @@ def refresh(conf):
     changed = set()
     for line in hand_edits():
         rel = line[3:].split(' -> ')[-1].strip('"')
-        changed.add(rel)
+        if not rel.endswith(('.orig', '.rej')):
+            changed.add(rel)
     if not changed:
         print('build/src has no edits made by hand')
         return
