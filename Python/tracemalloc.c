@@ -73,6 +73,44 @@ typedef struct {
 } trace_t;
 
 
+/* Capturing a traceback walks the frames, decodes a line number for each
+   one and interns the result.  Decoding (PyCode_Addr2Line()) and interning
+   dominate, and consecutive allocations mostly come from the same frames,
+   so the capture cache keeps line numbers per (code object, instruction)
+   and the key of the last traceback captured.  Both are keyed by code
+   object addresses, and are valid only while state->code_epoch is the
+   value they were filled with: a code watcher bumps it whenever a code
+   object dies, before its address can be reused. */
+
+#define LINE_CACHE_SIZE 4096    /* a power of two */
+
+typedef struct {
+    PyCodeObject *code;
+    int lasti;
+} frame_key_t;
+
+typedef struct {
+    frame_key_t key;
+    unsigned int lineno;
+    uint64_t epoch;
+} line_entry_t;
+
+struct tracemalloc_capture_cache {
+    line_entry_t lines[LINE_CACHE_SIZE];
+    /* The last interned traceback captured, or NULL, and its key: its
+       frames, its total number of frames and the epoch. */
+    traceback_t *last;
+    frame_key_t *last_keys;
+    uint16_t last_nframe;
+    uint16_t last_total;
+    uint64_t last_epoch;
+    /* Scratch space for the key of the traceback being captured. */
+    frame_key_t *keys;
+};
+
+typedef struct tracemalloc_capture_cache capture_cache_t;
+
+
 /* Set while this thread runs inside a hook: a nested allocation (pymalloc
    asking the raw domain for a large block, say) is the same block, or
    tracemalloc's own, and is not traced again. */
@@ -335,21 +373,6 @@ intern_filename(interned_t *interned, PyObject *filename, int take_refs)
 }
 
 
-static void
-get_frame(interned_t *interned, _PyInterpreterFrame *pyframe, frame_t *frame,
-          int take_refs)
-{
-    assert(PyCode_Check(pyframe->f_executable));
-    int lineno = PyUnstable_InterpreterFrame_GetLine(pyframe);
-    if (lineno < 0) {
-        lineno = 0;
-    }
-    frame->lineno = (unsigned int)lineno;
-    PyObject *filename = ((PyCodeObject *)pyframe->f_executable)->co_filename;
-    frame->filename = intern_filename(interned, filename, take_refs);
-}
-
-
 static Py_uhash_t
 traceback_hash(traceback_t *traceback)
 {
@@ -376,44 +399,66 @@ traceback_hash(traceback_t *traceback)
 }
 
 
-static void
-traceback_get_frames(tm_state_t *state, PyThreadState *tstate,
-                     traceback_t *traceback, int take_refs)
+/* The line number of a frame, from the cache when it has it. */
+static unsigned int
+cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
 {
-    _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
-    while (pyframe) {
-        if (traceback->nframe < state->max_nframe) {
-            get_frame(state->interned, pyframe,
-                      &traceback->frames[traceback->nframe], take_refs);
-            traceback->nframe++;
-        }
-        if (traceback->total_nframe < UINT16_MAX) {
-            traceback->total_nframe++;
-        }
-        pyframe = _PyFrame_GetFirstComplete(pyframe->previous);
+    uintptr_t h = ((uintptr_t)key.code >> 4) ^ ((uintptr_t)key.lasti * 31);
+    line_entry_t *entry = &cache->lines[h & (LINE_CACHE_SIZE - 1)];
+    if (entry->key.code == key.code && entry->key.lasti == key.lasti
+        && entry->epoch == epoch)
+    {
+        return entry->lineno;
     }
+    int lineno = PyCode_Addr2Line(key.code,
+                                  key.lasti * (int)sizeof(_Py_CODEUNIT));
+    entry->key = key;
+    entry->lineno = lineno < 0 ? 0 : (unsigned int)lineno;
+    entry->epoch = epoch;
+    return entry->lineno;
 }
 
 
-/* Capture the current traceback of tstate (NULL: none) and intern it.
-   Called with the state's mutex held. */
-static traceback_t *
-traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+/* Walk the frames of tstate: store the keys of the first max_nframe in
+   keys, and return the number stored; *total gets the number of frames,
+   up to UINT16_MAX. */
+static int
+capture_keys(PyThreadState *tstate, int max_nframe, frame_key_t *keys,
+             int *total)
 {
-    traceback_t *traceback = state->traceback;
-    traceback->nframe = 0;
-    traceback->total_nframe = 0;
-    if (tstate != NULL) {
-        traceback_get_frames(state, tstate, traceback, take_refs);
+    int nframe = 0, count = 0;
+    _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
+    for (; pyframe != NULL && count < UINT16_MAX;
+         pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
+    {
+        if (nframe < max_nframe) {
+            keys[nframe].code = _PyFrame_GetCode(pyframe);
+            keys[nframe].lasti = _PyInterpreterFrame_LASTI(pyframe);
+            nframe++;
+        }
+        count++;
     }
-    if (traceback->nframe == 0) {
-        return &runtime_state.empty_traceback;
-    }
-    traceback->hash = traceback_hash(traceback);
+    *total = count;
+    return nframe;
+}
 
-    _Py_hashtable_t *tracebacks = state->interned->tracebacks;
-    _Py_hashtable_entry_t *entry = _Py_hashtable_get_entry(tracebacks,
-                                                           traceback);
+
+static int
+same_as_last(capture_cache_t *cache, int nframe, int total, uint64_t epoch)
+{
+    return (cache->last != NULL && cache->last_epoch == epoch
+            && cache->last_nframe == nframe && cache->last_total == total
+            && memcmp(cache->keys, cache->last_keys,
+                      nframe * sizeof(frame_key_t)) == 0);
+}
+
+
+static traceback_t *
+intern_traceback(interned_t *interned, traceback_t *traceback)
+{
+    traceback->hash = traceback_hash(traceback);
+    _Py_hashtable_entry_t *entry = _Py_hashtable_get_entry(
+        interned->tracebacks, traceback);
     if (entry != NULL) {
         return (traceback_t *)entry->key;
     }
@@ -423,11 +468,59 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
         return NULL;
     }
     memcpy(copy, traceback, traceback_size);
-    if (_Py_hashtable_set(tracebacks, copy, NULL) < 0) {
+    if (_Py_hashtable_set(interned->tracebacks, copy, NULL) < 0) {
         raw_free(copy);
         return NULL;
     }
     return copy;
+}
+
+
+/* Capture the current traceback of tstate (NULL: none) and intern it.
+   With take_refs == 0, tstate is not attached: reference counts may not be
+   touched, so only filenames already interned are used, and the cache is
+   left alone.  Called with the state's mutex held. */
+static traceback_t *
+traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+{
+    if (tstate == NULL) {
+        return &runtime_state.empty_traceback;
+    }
+    capture_cache_t *cache = state->cache;
+    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
+    int use_cache = take_refs && state->code_watcher != 0;
+    int total;
+    int nframe = capture_keys(tstate, state->max_nframe, cache->keys, &total);
+    if (nframe == 0) {
+        return &runtime_state.empty_traceback;
+    }
+    if (use_cache && same_as_last(cache, nframe, total, epoch)) {
+        return cache->last;
+    }
+
+    traceback_t *traceback = state->traceback;
+    traceback->nframe = (uint16_t)nframe;
+    traceback->total_nframe = (uint16_t)total;
+    for (int i = 0; i < nframe; i++) {
+        frame_key_t key = cache->keys[i];
+        frame_t *frame = &traceback->frames[i];
+        frame->lineno = use_cache ? cached_lineno(cache, key, epoch)
+            : (unsigned int)Py_MAX(0, PyCode_Addr2Line(
+                  key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
+        frame->filename = intern_filename(state->interned,
+                                          key.code->co_filename, take_refs);
+    }
+    traceback_t *result = intern_traceback(state->interned, traceback);
+    if (use_cache && result != NULL) {
+        frame_key_t *keys = cache->last_keys;
+        cache->last_keys = cache->keys;
+        cache->keys = keys;
+        cache->last = result;
+        cache->last_nframe = (uint16_t)nframe;
+        cache->last_total = (uint16_t)total;
+        cache->last_epoch = epoch;
+    }
+    return result;
 }
 
 
@@ -861,7 +954,10 @@ unregister_state(tm_state_t *state)
 /* The tables of a tracing session: built without any lock held, swapped
    into a state under its mutex, destroyed without any lock held. */
 typedef struct {
+    /* Per session: sized for its traceback limit */
     traceback_t *traceback;
+    capture_cache_t *cache;
+    /* Per session, and replaced by clear_traces() */
     interned_t *interned;
     _Py_hashtable_t *traces;
     _Py_hashtable_t *domains;
@@ -882,33 +978,66 @@ tables_destroy(tables_t *tables)
     if (tables->traceback != NULL) {
         raw_free(tables->traceback);
     }
+    if (tables->cache != NULL) {
+        raw_free(tables->cache);
+    }
 }
 
+static void tables_discard(tables_t *tables);
+
+static capture_cache_t *
+capture_cache_new(int max_nframe)
+{
+    size_t size = sizeof(capture_cache_t)
+                  + 2 * (size_t)max_nframe * sizeof(frame_key_t);
+    capture_cache_t *cache = raw_malloc(size);
+    if (cache == NULL) {
+        return NULL;
+    }
+    memset(cache, 0, sizeof(capture_cache_t));
+    cache->keys = (frame_key_t *)(cache + 1);
+    cache->last_keys = cache->keys + max_nframe;
+    return cache;
+}
+
+/* New tables; with max_nframe == 0, only those clear_traces() replaces. */
 static int
 tables_new(tables_t *tables, int max_nframe)
 {
-    tables->traceback = max_nframe ? raw_malloc(TRACEBACK_SIZE(max_nframe))
-                                   : NULL;
+    memset(tables, 0, sizeof(*tables));
+    if (max_nframe) {
+        tables->traceback = raw_malloc(TRACEBACK_SIZE(max_nframe));
+        tables->cache = capture_cache_new(max_nframe);
+    }
     tables->interned = interned_new();
     tables->traces = traces_table_new();
     tables->domains = domains_table_new();
-    if ((max_nframe && tables->traceback == NULL) || tables->interned == NULL
-        || tables->traces == NULL || tables->domains == NULL)
+    if ((max_nframe && (tables->traceback == NULL || tables->cache == NULL))
+        || tables->interned == NULL || tables->traces == NULL
+        || tables->domains == NULL)
     {
-        if (tables->interned != NULL) {
-            tables->interned->refcnt = 0;
-        }
-        tables_destroy(tables);
+        tables_discard(tables);
         return -1;
     }
     return 0;
 }
 
-/* Exchange the traces and interned tables of a state with *tables; what
-   comes out is to be destroyed once nothing else references it.  Called
-   with the state's mutex held. */
+/* Destroy new tables that were not swapped into a state. */
 static void
-tables_swap(tm_state_t *state, tables_t *tables)
+tables_discard(tables_t *tables)
+{
+    if (tables->interned != NULL) {
+        tables->interned->refcnt = 0;
+    }
+    tables_destroy(tables);
+}
+
+/* Exchange the traces and interned tables of a state with *tables; what
+   comes out is to be destroyed once nothing else references it.  With
+   session != 0, the per-session buffers are exchanged too.  Called with
+   the state's mutex held. */
+static void
+tables_swap(tm_state_t *state, tables_t *tables, int session)
 {
     _Py_hashtable_t *traces = state->traces;
     _Py_hashtable_t *domains = state->domains;
@@ -919,6 +1048,31 @@ tables_swap(tm_state_t *state, tables_t *tables)
     tables->traces = traces;
     tables->domains = domains;
     tables->interned = interned ? interned_release(interned) : NULL;
+    if (session) {
+        traceback_t *traceback = state->traceback;
+        capture_cache_t *cache = state->cache;
+        state->traceback = tables->traceback;
+        state->cache = tables->cache;
+        tables->traceback = traceback;
+        tables->cache = cache;
+    }
+    else if (state->cache != NULL) {
+        /* the last traceback was interned in the old tables */
+        state->cache->last = NULL;
+    }
+}
+
+
+/* A code object of the interpreter is dying: its address may be reused by
+   another one, so what the capture cache holds is no longer valid. */
+static int
+code_watcher(PyCodeEvent event, PyCodeObject *Py_UNUSED(co))
+{
+    if (event == PY_CODE_EVENT_DESTROY) {
+        tm_state_t *state = interp_state(_PyInterpreterState_GET());
+        _Py_atomic_add_uint64(&state->code_epoch, 1);
+    }
+    return 0;
 }
 
 
@@ -976,10 +1130,17 @@ _PyTraceMalloc_Start(int max_nframe)
         goto done;
     }
     lock_state(state);
-    traceback_t *traceback = state->traceback;
-    state->traceback = tables.traceback;
-    tables.traceback = traceback;
-    tables_swap(state, &tables);
+    tables_swap(state, &tables, 1);
+    if (state->code_watcher == 0) {
+        int id = PyCode_AddWatcher(code_watcher);
+        if (id < 0) {
+            /* all watchers taken: trace without the capture cache */
+            PyErr_Clear();
+        }
+        else {
+            state->code_watcher = id + 1;
+        }
+    }
     state->max_nframe = max_nframe;
     state->traced_memory = 0;
     state->peak_traced_memory = 0;
@@ -993,7 +1154,7 @@ _PyTraceMalloc_Start(int max_nframe)
     }
 done:
     PyMutex_Unlock(&runtime_state.hooks_mutex);
-    tables_destroy(&tables);
+    tables_discard(&tables);
     return res;
 }
 
@@ -1014,12 +1175,16 @@ stop_tracing(tm_state_t *state, int release_filenames)
     unregister_state(state);
     int last = (runtime_state.ntracing == 0);
 
-    tables_t tables = {NULL, NULL, NULL, NULL};
+    tables_t tables;
+    memset(&tables, 0, sizeof(tables));
     lock_state(state);
     _Py_atomic_store_int_relaxed(&state->tracing, 0);
-    tables_swap(state, &tables);
-    tables.traceback = state->traceback;
-    state->traceback = NULL;
+    tables_swap(state, &tables, 1);
+    if (release_filenames && state->code_watcher != 0) {
+        /* release_filenames: the interpreter's thread state is attached */
+        (void)PyCode_ClearWatcher(state->code_watcher - 1);
+        state->code_watcher = 0;
+    }
     state->traced_memory = 0;
     state->peak_traced_memory = 0;
     unlock_state(state);
@@ -1568,16 +1733,19 @@ _PyTraceMalloc_ClearTraces(void)
         return;
     }
     lock_state(state);
-    if (state->tracing) {
-        tables_swap(state, &tables);
+    int swapped = state->tracing;
+    if (swapped) {
+        tables_swap(state, &tables, 0);
         state->traced_memory = 0;
         state->peak_traced_memory = 0;
     }
-    else {
-        tables.interned->refcnt = 0;
-    }
     unlock_state(state);
-    tables_destroy(&tables);
+    if (swapped) {
+        tables_destroy(&tables);
+    }
+    else {
+        tables_discard(&tables);
+    }
 }
 
 

@@ -101,6 +101,21 @@ struct _tracemalloc_interp_state {
     /* Buffer into which a traceback is captured before it is interned. */
     struct tracemalloc_traceback *traceback;
 
+    /* Line numbers per (code object, instruction) and the last traceback
+       captured, so that the frames of a traceback that did not change are
+       neither decoded nor interned again (see Python/tracemalloc.c). */
+    struct tracemalloc_capture_cache *cache;
+
+    /* Bumped by a code watcher, atomically and without the mutex, each
+       time a code object of the interpreter dies: the cache is keyed by
+       code object addresses, which may then be reused. */
+    uint64_t code_epoch;
+
+    /* The code watcher's id plus one, or 0 if there is none (and then
+       nothing is cached).  Set and cleared in the interpreter's own
+       thread. */
+    int code_watcher;
+
     /* Interned tracebacks and filenames; one reference is the state's. */
     struct tracemalloc_interned *interned;
 
