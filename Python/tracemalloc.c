@@ -63,14 +63,7 @@ typedef struct tracemalloc_interned interned_t;
 static const unsigned long MAX_NFRAME = Py_MIN(UINT16_MAX, ((SIZE_MAX - sizeof(traceback_t)) / sizeof(frame_t) + 1));
 
 
-/* Trace of a memory block */
-typedef struct {
-    /* Size of the memory block in bytes */
-    size_t size;
-
-    /* Traceback where the memory block was allocated */
-    traceback_t *traceback;
-} trace_t;
+typedef struct tracemalloc_traces traces_t;
 
 
 /* Capturing a traceback walks the frames, decodes a line number for each
@@ -121,6 +114,10 @@ static _Py_thread_local int reentrant = 0;
    attached thread state goes, if that interpreter is still registered as
    tracing.  Never dereferenced before the registry vouches for it. */
 static _Py_thread_local tm_state_t *last_attached = NULL;
+
+/* The block this thread traced last, until it becomes an object (see
+   _PyTraceMalloc_TraceRef()) or is freed: 0 if none. */
+static _Py_thread_local uintptr_t last_traced = 0;
 
 
 /* --- Locks --------------------------------------------------------------- */
@@ -268,22 +265,341 @@ tracemalloc_clear_filename(void *value)
 }
 
 
-static _Py_hashtable_t*
-traces_table_new(void)
+/* --- Traces tables ------------------------------------------------------- */
+
+/* A table of traces, pointer => (size, traceback): the structure every
+   traced allocation and every free goes through.  Open addressing with
+   linear probing and Robin Hood insertion, 16-byte slots stored inline (no
+   allocation per trace), split into shards by the pointer's hash so that
+   growing copies one shard at a time and peak memory stays close to the
+   table's size.  A shard grows by a quarter when 85% full: a table holds
+   a trace in 19 to 24 bytes. */
+
+#define SHARD_BITS 6
+#define NSHARDS (1 << SHARD_BITS)
+#define MIN_SHARD_CAPACITY 8
+#define BIG_SIZE UINT32_MAX     /* the size is in traces->big */
+
+typedef struct {
+    uintptr_t key;              /* ~ptr; 0 if the slot is empty */
+    uint32_t size;              /* size in bytes, or BIG_SIZE */
+    uint32_t traceback;         /* index in interned->by_index */
+} slot_t;
+
+typedef struct {
+    slot_t *slots;
+    uint32_t capacity;
+    uint32_t count;
+} shard_t;
+
+struct tracemalloc_traces {
+    shard_t shards[NSHARDS];
+    size_t count;
+    /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
+    _Py_hashtable_t *big;
+};
+
+/* Where a pointer goes.  Blocks allocated one after the other mostly lie
+   next to each other (pymalloc carves pools into consecutive blocks), and
+   are mostly freed together: so pointers within the same window of
+   WINDOW_SLOTS * 16 bytes of address space go to the same shard, to
+   consecutive slots from a base chosen by hashing the window's address.
+   Consecutive allocations and frees then touch the same cache lines
+   instead of one random line each, which is what the table costs. */
+#define WINDOW_BITS 5
+#define WINDOW_SLOTS (1 << WINDOW_BITS)
+
+static inline uint64_t
+hash_window(uintptr_t ptr)
 {
-    return hashtable_new(_Py_hashtable_hash_ptr,
-                         _Py_hashtable_compare_direct,
-                         NULL, raw_free);
+    /* Fibonacci hashing: the high bits depend on every bit of the window */
+    return (uint64_t)(ptr >> (WINDOW_BITS + 4)) * UINT64_C(0x9E3779B97F4A7C15);
 }
 
+static inline shard_t *
+shard_of(traces_t *traces, uintptr_t ptr)
+{
+    return &traces->shards[hash_window(ptr) >> (64 - SHARD_BITS)];
+}
+
+/* The slot where ptr would be with no collision. */
+static inline uint32_t
+home_slot(uintptr_t ptr, uint32_t capacity)
+{
+    /* the next 32 bits of the hash, scaled to the capacity */
+    uint64_t bits = (hash_window(ptr) >> (32 - SHARD_BITS)) & UINT32_MAX;
+    uint64_t home = ((bits * capacity) >> 32)
+                    + ((ptr >> 4) & (WINDOW_SLOTS - 1)) * 2;
+    return (uint32_t)(home < capacity ? home : home % capacity);
+}
+
+/* How far the key in slot i is from its home slot. */
+static inline uint32_t
+displacement(uintptr_t key, uint32_t i, uint32_t capacity)
+{
+    uint32_t home = home_slot(~key, capacity);
+    return i >= home ? i - home : i + capacity - home;
+}
+
+static slot_t *
+shard_find(shard_t *shard, uintptr_t ptr)
+{
+    if (shard->count == 0) {
+        return NULL;
+    }
+    uintptr_t key = ~ptr;
+    uint32_t capacity = shard->capacity;
+    uint32_t i = home_slot(ptr, capacity);
+    for (uint32_t dist = 0; ; dist++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == key) {
+            return slot;
+        }
+        /* Robin Hood: the key would have displaced a nearer one */
+        if (slot->key == 0 || displacement(slot->key, i, capacity) < dist) {
+            return NULL;
+        }
+        if (++i == capacity) {
+            i = 0;
+        }
+    }
+}
+
+/* Put entry, whose key is not in the shard, at slot i, at distance dist
+   from its home slot, where a lookup would stop: shift the nearer keys
+   that follow along (Robin Hood).  The shard has room for it. */
+static void
+shard_insert_at(shard_t *shard, slot_t entry, uint32_t i, uint32_t dist)
+{
+    uint32_t capacity = shard->capacity;
+    for (;; dist++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == 0) {
+            *slot = entry;
+            shard->count++;
+            return;
+        }
+        uint32_t d = displacement(slot->key, i, capacity);
+        if (d < dist) {
+            slot_t nearer = *slot;
+            *slot = entry;
+            entry = nearer;
+            dist = d;
+        }
+        if (++i == capacity) {
+            i = 0;
+        }
+    }
+}
+
+static void
+shard_insert(shard_t *shard, slot_t entry)
+{
+    shard_insert_at(shard, entry, home_slot(~entry.key, shard->capacity), 0);
+}
+
+static int
+shard_grow(shard_t *shard)
+{
+    uint64_t capacity = shard->capacity;
+    capacity = Py_MAX(MIN_SHARD_CAPACITY, capacity + capacity / 4 + 1);
+    if (capacity > UINT32_MAX) {
+        return -1;
+    }
+    slot_t *slots = allocators.raw.calloc(allocators.raw.ctx,
+                                          (size_t)capacity, sizeof(slot_t));
+    if (slots == NULL) {
+        return -1;
+    }
+    shard_t grown = {slots, (uint32_t)capacity, 0};
+    for (uint32_t i = 0; i < shard->capacity; i++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key != 0) {
+            shard_insert(&grown, *slot);
+        }
+    }
+    raw_free(shard->slots);
+    *shard = grown;
+    return 0;
+}
+
+/* Remove the slot's key, shifting the keys displaced after it back. */
+static void
+shard_remove(shard_t *shard, slot_t *slot)
+{
+    uint32_t capacity = shard->capacity;
+    uint32_t i = (uint32_t)(slot - shard->slots);
+    for (;;) {
+        uint32_t j = (i + 1 == capacity) ? 0 : i + 1;
+        slot_t *next = &shard->slots[j];
+        if (next->key == 0 || displacement(next->key, j, capacity) == 0) {
+            break;
+        }
+        shard->slots[i] = *next;
+        i = j;
+    }
+    shard->slots[i].key = 0;
+    shard->count--;
+}
+
+
+static traces_t *
+traces_new(void)
+{
+    return allocators.raw.calloc(allocators.raw.ctx, 1, sizeof(traces_t));
+}
+
+static void
+traces_destroy(traces_t *traces)
+{
+    for (int i = 0; i < NSHARDS; i++) {
+        raw_free(traces->shards[i].slots);
+    }
+    if (traces->big != NULL) {
+        _Py_hashtable_destroy(traces->big);
+    }
+    raw_free(traces);
+}
+
+static size_t
+traces_memory(traces_t *traces)
+{
+    size_t size = sizeof(traces_t);
+    for (int i = 0; i < NSHARDS; i++) {
+        size += (size_t)traces->shards[i].capacity * sizeof(slot_t);
+    }
+    if (traces->big != NULL) {
+        size += _Py_hashtable_size(traces->big);
+    }
+    return size;
+}
+
+static size_t
+slot_size(traces_t *traces, const slot_t *slot)
+{
+    if (slot->size != BIG_SIZE) {
+        return slot->size;
+    }
+    return (size_t)_Py_hashtable_get(traces->big, TO_PTR(~slot->key));
+}
+
+/* Find the trace of ptr: return its slot, or NULL. */
+static slot_t *
+traces_find(traces_t *traces, uintptr_t ptr)
+{
+    return shard_find(shard_of(traces, ptr), ptr);
+}
+
+/* Store the size of a slot, in the big table if it does not fit.  On
+   memory error, return -1 and leave the slot as it was. */
+static int
+slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
+{
+    if (size < BIG_SIZE) {
+        if (slot->size == BIG_SIZE) {
+            _Py_hashtable_steal(traces->big, TO_PTR(ptr));
+        }
+        slot->size = (uint32_t)size;
+        return 0;
+    }
+    if (slot->size == BIG_SIZE) {
+        _Py_hashtable_get_entry(traces->big, TO_PTR(ptr))->value = TO_PTR(size);
+        return 0;
+    }
+    if (traces->big == NULL) {
+        traces->big = hashtable_new(_Py_hashtable_hash_ptr,
+                                    _Py_hashtable_compare_direct,
+                                    NULL, NULL);
+        if (traces->big == NULL) {
+            return -1;
+        }
+    }
+    if (_Py_hashtable_set(traces->big, TO_PTR(ptr), TO_PTR(size)) < 0) {
+        return -1;
+    }
+    slot->size = BIG_SIZE;
+    return 0;
+}
+
+/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
+   in *old_size, 0 if it is new, -1 on memory error. */
+static int
+traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+           size_t *old_size)
+{
+    if (ptr == UINTPTR_MAX) {
+        return -1;  /* its key would be 0, the empty slot */
+    }
+    shard_t *shard = shard_of(traces, ptr);
+    /* grow at 85% load */
+    if ((uint64_t)(shard->count + 1) * 20 > (uint64_t)shard->capacity * 17) {
+        if (shard_grow(shard) < 0) {
+            return -1;
+        }
+    }
+    /* One pass: find the key, or where it goes */
+    uintptr_t key = ~ptr;
+    uint32_t capacity = shard->capacity;
+    uint32_t i = home_slot(ptr, capacity);
+    uint32_t dist = 0;
+    for (;; dist++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == key) {
+            *old_size = slot_size(traces, slot);
+            if (slot_set_size(traces, slot, ptr, size) < 0) {
+                return -1;
+            }
+            slot->traceback = traceback;
+            return 1;
+        }
+        if (slot->key == 0 || displacement(slot->key, i, capacity) < dist) {
+            break;
+        }
+        if (++i == capacity) {
+            i = 0;
+        }
+    }
+    slot_t entry = {key, 0, traceback};
+    if (slot_set_size(traces, &entry, ptr, size) < 0) {
+        return -1;
+    }
+    shard_insert_at(shard, entry, i, dist);
+    traces->count++;
+    return 0;
+}
+
+/* Remove the trace of ptr.  Return 1 if there was one, storing its size in
+   *size, else 0. */
+static int
+traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
+{
+    shard_t *shard = shard_of(traces, ptr);
+    slot_t *slot = shard_find(shard, ptr);
+    if (slot == NULL) {
+        return 0;
+    }
+    *size = slot_size(traces, slot);
+    if (slot->size == BIG_SIZE) {
+        _Py_hashtable_steal(traces->big, TO_PTR(ptr));
+    }
+    shard_remove(shard, slot);
+    traces->count--;
+    return 1;
+}
+
+
+static void
+destroy_traces(void *traces)
+{
+    traces_destroy((traces_t *)traces);
+}
 
 static _Py_hashtable_t*
 domains_table_new(void)
 {
     return hashtable_new(hashtable_hash_uint,
                          _Py_hashtable_compare_direct,
-                         NULL,
-                         (_Py_hashtable_destroy_func)_Py_hashtable_destroy);
+                         NULL, destroy_traces);
 }
 
 
@@ -297,19 +613,28 @@ interned_new(void)
         return NULL;
     }
     interned->refcnt = 1;
+    interned->nindex = 1;
+    interned->index_capacity = 64;
+    interned->by_index = raw_malloc(64 * sizeof(traceback_t *));
+    if (interned->by_index != NULL) {
+        interned->by_index[0] = &runtime_state.empty_traceback;
+    }
     interned->filenames = hashtable_new(hashtable_hash_pyobject,
                                         hashtable_compare_unicode,
                                         tracemalloc_clear_filename, NULL);
     interned->tracebacks = hashtable_new(hashtable_hash_traceback,
                                          hashtable_compare_traceback,
                                          raw_free, NULL);
-    if (interned->filenames == NULL || interned->tracebacks == NULL) {
+    if (interned->filenames == NULL || interned->tracebacks == NULL
+        || interned->by_index == NULL)
+    {
         if (interned->filenames != NULL) {
             _Py_hashtable_destroy(interned->filenames);
         }
         if (interned->tracebacks != NULL) {
             _Py_hashtable_destroy(interned->tracebacks);
         }
+        raw_free(interned->by_index);
         raw_free(interned);
         return NULL;
     }
@@ -340,7 +665,31 @@ interned_destroy(interned_t *interned)
     }
     _Py_hashtable_destroy(interned->tracebacks);
     _Py_hashtable_destroy(interned->filenames);
+    raw_free(interned->by_index);
     raw_free(interned);
+}
+
+/* Give an interned traceback its index. */
+static int
+interned_add_index(interned_t *interned, traceback_t *traceback)
+{
+    if (interned->nindex == interned->index_capacity) {
+        if (interned->index_capacity > UINT32_MAX / 2) {
+            return -1;
+        }
+        uint32_t capacity = interned->index_capacity * 2;
+        traceback_t **by_index = allocators.raw.realloc(
+            allocators.raw.ctx, interned->by_index,
+            capacity * sizeof(traceback_t *));
+        if (by_index == NULL) {
+            return -1;
+        }
+        interned->by_index = by_index;
+        interned->index_capacity = capacity;
+    }
+    traceback->index = interned->nindex;
+    interned->by_index[interned->nindex++] = traceback;
+    return 0;
 }
 
 
@@ -446,10 +795,19 @@ capture_keys(PyThreadState *tstate, int max_nframe, frame_key_t *keys,
 static int
 same_as_last(capture_cache_t *cache, int nframe, int total, uint64_t epoch)
 {
-    return (cache->last != NULL && cache->last_epoch == epoch
-            && cache->last_nframe == nframe && cache->last_total == total
-            && memcmp(cache->keys, cache->last_keys,
-                      nframe * sizeof(frame_key_t)) == 0);
+    if (cache->last == NULL || cache->last_epoch != epoch
+        || cache->last_nframe != nframe || cache->last_total != total)
+    {
+        return 0;
+    }
+    for (int i = 0; i < nframe; i++) {
+        if (cache->keys[i].code != cache->last_keys[i].code
+            || cache->keys[i].lasti != cache->last_keys[i].lasti)
+        {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 
@@ -468,7 +826,12 @@ intern_traceback(interned_t *interned, traceback_t *traceback)
         return NULL;
     }
     memcpy(copy, traceback, traceback_size);
+    if (interned_add_index(interned, copy) < 0) {
+        raw_free(copy);
+        return NULL;
+    }
     if (_Py_hashtable_set(interned->tracebacks, copy, NULL) < 0) {
+        interned->nindex--;
         raw_free(copy);
         return NULL;
     }
@@ -526,13 +889,23 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
 
 /* --- Traces of one interpreter (its mutex held) -------------------------- */
 
-static _Py_hashtable_t*
+static traces_t*
 get_traces_table(tm_state_t *state, unsigned int domain)
 {
     if (domain == DEFAULT_DOMAIN) {
         return state->traces;
     }
     return _Py_hashtable_get(state->domains, TO_PTR(domain));
+}
+
+
+/* The traceback of the trace of ptr, or NULL. */
+static traceback_t *
+find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
+{
+    traces_t *traces = get_traces_table(state, domain);
+    slot_t *slot = traces ? traces_find(traces, ptr) : NULL;
+    return slot ? state->interned->by_index[slot->traceback] : NULL;
 }
 
 
@@ -545,20 +918,16 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
     if (!state->tracing) {
         return 0;
     }
-    _Py_hashtable_t *traces = get_traces_table(state, domain);
-    if (traces == NULL) {
+    traces_t *traces = get_traces_table(state, domain);
+    size_t old_size;
+    if (traces == NULL || !traces_pop(traces, ptr, &old_size)) {
         return 0;
     }
-    trace_t *trace = _Py_hashtable_steal(traces, TO_PTR(ptr));
-    if (trace == NULL) {
-        return 0;
-    }
-    assert(state->traced_memory >= trace->size);
-    state->traced_memory -= trace->size;
+    assert(state->traced_memory >= old_size);
+    state->traced_memory -= old_size;
     if (size != NULL) {
-        *size = trace->size;
+        *size = old_size;
     }
-    raw_free(trace);
     return 1;
 }
 
@@ -574,39 +943,28 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
         return -1;
     }
 
-    _Py_hashtable_t *traces = get_traces_table(state, domain);
+    traces_t *traces = get_traces_table(state, domain);
     if (traces == NULL) {
-        traces = traces_table_new();
+        traces = traces_new();
         if (traces == NULL) {
             return -1;
         }
         if (_Py_hashtable_set(state->domains, TO_PTR(domain), traces) < 0) {
-            _Py_hashtable_destroy(traces);
+            traces_destroy(traces);
             return -1;
         }
     }
 
-    trace_t *trace = _Py_hashtable_get(traces, TO_PTR(ptr));
-    if (trace != NULL) {
-        /* the memory block is already tracked */
-        assert(state->traced_memory >= trace->size);
-        state->traced_memory -= trace->size;
-        trace->size = size;
-        trace->traceback = traceback;
+    size_t old_size;
+    int res = traces_set(traces, ptr, size, traceback->index, &old_size);
+    if (res < 0) {
+        return -1;
     }
-    else {
-        trace = raw_malloc(sizeof(trace_t));
-        if (trace == NULL) {
-            return -1;
-        }
-        trace->size = size;
-        trace->traceback = traceback;
-        if (_Py_hashtable_set(traces, TO_PTR(ptr), trace) != 0) {
-            raw_free(trace);
-            return -1;
-        }
+    if (res == 1) {
+        /* the memory block was already tracked */
+        assert(state->traced_memory >= old_size);
+        state->traced_memory -= old_size;
     }
-
     assert(state->traced_memory <= SIZE_MAX - size);
     state->traced_memory += size;
     if (state->traced_memory > state->peak_traced_memory) {
@@ -702,6 +1060,7 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
     lock_state(state);
     if (state->tracing) {
         res = add_trace(state, tstate, 1, domain, ptr, size);
+        last_traced = ptr;
     }
     unlock_state(state);
     return res;
@@ -827,6 +1186,9 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     }
     /* Untrace before freeing, for the reason given in hook_realloc(). */
     if (ntracing_hint() > 0) {
+        if ((uintptr_t)ptr == last_traced) {
+            last_traced = 0;
+        }
         (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
     }
     alloc->free(alloc->ctx, ptr);
@@ -959,7 +1321,7 @@ typedef struct {
     capture_cache_t *cache;
     /* Per session, and replaced by clear_traces() */
     interned_t *interned;
-    _Py_hashtable_t *traces;
+    traces_t *traces;
     _Py_hashtable_t *domains;
 } tables_t;
 
@@ -967,7 +1329,7 @@ static void
 tables_destroy(tables_t *tables)
 {
     if (tables->traces != NULL) {
-        _Py_hashtable_destroy(tables->traces);
+        traces_destroy(tables->traces);
     }
     if (tables->domains != NULL) {
         _Py_hashtable_destroy(tables->domains);
@@ -1010,7 +1372,7 @@ tables_new(tables_t *tables, int max_nframe)
         tables->cache = capture_cache_new(max_nframe);
     }
     tables->interned = interned_new();
-    tables->traces = traces_table_new();
+    tables->traces = traces_new();
     tables->domains = domains_table_new();
     if ((max_nframe && (tables->traceback == NULL || tables->cache == NULL))
         || tables->interned == NULL || tables->traces == NULL
@@ -1039,7 +1401,7 @@ tables_discard(tables_t *tables)
 static void
 tables_swap(tm_state_t *state, tables_t *tables, int session)
 {
-    _Py_hashtable_t *traces = state->traces;
+    traces_t *traces = state->traces;
     _Py_hashtable_t *domains = state->domains;
     interned_t *interned = state->interned;
     state->traces = tables->traces;
@@ -1086,6 +1448,7 @@ _PyTraceMalloc_Init(void)
     traceback_t *empty = &runtime_state.empty_traceback;
     empty->nframe = 1;
     empty->total_nframe = 1;
+    empty->index = 0;
     /* borrowed reference to a static string shared by all interpreters */
     empty->frames[0].filename = &_Py_STR(anon_unknown);
     empty->frames[0].lineno = 0;
@@ -1252,6 +1615,18 @@ int
 _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
                         void* Py_UNUSED(ignore))
 {
+    PyTypeObject *type = Py_TYPE(op);
+    const size_t presize = _PyType_PreHeaderSize(type);
+    uintptr_t ptr = (uintptr_t)((char *)op - presize);
+
+    /* Most objects are created right after their memory was allocated and
+       traced by this thread, with no Python code run in between: their
+       trace is already right.  A block that went to a free list on
+       destruction is the case this function is for. */
+    if (ptr == last_traced) {
+        last_traced = 0;
+        return 0;
+    }
     if (event != PyRefTracer_CREATE) {
         return 0;
     }
@@ -1261,19 +1636,15 @@ _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
         return -1;
     }
 
-    PyTypeObject *type = Py_TYPE(op);
-    const size_t presize = _PyType_PreHeaderSize(type);
-    uintptr_t ptr = (uintptr_t)((char *)op - presize);
-
     int res = -1;
     lock_state(state);
     if (state->tracing) {
-        trace_t *trace = _Py_hashtable_get(state->traces, TO_PTR(ptr));
-        if (trace != NULL) {
+        slot_t *slot = traces_find(state->traces, ptr);
+        if (slot != NULL) {
             /* update the traceback of the memory block */
             traceback_t *traceback = traceback_new(state, tstate, 1);
             if (traceback != NULL) {
-                trace->traceback = traceback;
+                slot->traceback = traceback->index;
                 res = 0;
             }
         }
@@ -1385,8 +1756,22 @@ traceback_to_pyobject(traceback_t *traceback, _Py_hashtable_t *intern_table)
 }
 
 
+/* A trace copied for a snapshot */
+typedef struct {
+    traceback_t *traceback;
+    size_t size;
+    unsigned int domain;
+} snapshot_trace_t;
+
+typedef struct {
+    snapshot_trace_t *traces;
+    size_t count;
+    size_t capacity;
+} snapshot_t;
+
+
 static PyObject*
-trace_to_pyobject(unsigned int domain, const trace_t *trace,
+trace_to_pyobject(const snapshot_trace_t *trace,
                   _Py_hashtable_t *intern_tracebacks)
 {
     PyObject *traceback = traceback_to_pyobject(trace->traceback,
@@ -1394,7 +1779,7 @@ trace_to_pyobject(unsigned int domain, const trace_t *trace,
     if (traceback == NULL) {
         return NULL;
     }
-    return Py_BuildValue("(InNI)", domain, (Py_ssize_t)trace->size,
+    return Py_BuildValue("(InNI)", trace->domain, (Py_ssize_t)trace->size,
                          traceback,
                          (unsigned int)trace->traceback->total_nframe);
 }
@@ -1426,103 +1811,68 @@ interned_put(tm_state_t *state, interned_t *interned)
 }
 
 
-static int
-copy_trace(_Py_hashtable_t *traces, const void *key, const void *value,
-           void *user_data)
+static void
+snapshot_add(snapshot_t *snapshot, interned_t *interned, traces_t *traces,
+             unsigned int domain)
 {
-    _Py_hashtable_t *traces2 = (_Py_hashtable_t *)user_data;
-    trace_t *trace2 = raw_malloc(sizeof(trace_t));
-    if (trace2 == NULL) {
-        return -1;
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *shard = &traces->shards[i];
+        for (uint32_t j = 0; j < shard->capacity; j++) {
+            slot_t *slot = &shard->slots[j];
+            if (slot->key != 0) {
+                assert(snapshot->count < snapshot->capacity);
+                snapshot_trace_t *trace = &snapshot->traces[snapshot->count++];
+                trace->traceback = interned->by_index[slot->traceback];
+                trace->size = slot_size(traces, slot);
+                trace->domain = domain;
+            }
+        }
     }
-    *trace2 = *(const trace_t *)value;
-    if (_Py_hashtable_set(traces2, key, trace2) < 0) {
-        raw_free(trace2);
-        return -1;
-    }
-    return 0;
 }
-
-
-static _Py_hashtable_t*
-copy_traces(_Py_hashtable_t *traces)
-{
-    _Py_hashtable_t *traces2 = traces_table_new();
-    if (traces2 == NULL) {
-        return NULL;
-    }
-    if (_Py_hashtable_foreach(traces, copy_trace, traces2)) {
-        _Py_hashtable_destroy(traces2);
-        return NULL;
-    }
-    return traces2;
-}
-
 
 static int
-copy_domain(_Py_hashtable_t *domains, const void *key, const void *value,
-            void *user_data)
+count_domain(_Py_hashtable_t *domains, const void *key, const void *value,
+             void *user_data)
 {
-    _Py_hashtable_t *domains2 = (_Py_hashtable_t *)user_data;
-    _Py_hashtable_t *traces2 = copy_traces((_Py_hashtable_t *)value);
-    if (traces2 == NULL) {
-        return -1;
-    }
-    if (_Py_hashtable_set(domains2, key, traces2) < 0) {
-        _Py_hashtable_destroy(traces2);
-        return -1;
-    }
+    *(size_t *)user_data += ((const traces_t *)value)->count;
     return 0;
 }
-
-
-static _Py_hashtable_t*
-copy_domains(_Py_hashtable_t *domains)
-{
-    _Py_hashtable_t *domains2 = domains_table_new();
-    if (domains2 == NULL) {
-        return NULL;
-    }
-    if (_Py_hashtable_foreach(domains, copy_domain, domains2)) {
-        _Py_hashtable_destroy(domains2);
-        return NULL;
-    }
-    return domains2;
-}
-
 
 typedef struct {
-    _Py_hashtable_t *tracebacks;
-    PyObject *list;
-    unsigned int domain;
-} get_traces_t;
-
+    snapshot_t *snapshot;
+    interned_t *interned;
+} snapshot_domains_t;
 
 static int
-get_traces_fill(_Py_hashtable_t *traces, const void *key, const void *value,
+snapshot_domain(_Py_hashtable_t *domains, const void *key, const void *value,
                 void *user_data)
 {
-    get_traces_t *get_traces = user_data;
-    PyObject *tuple = trace_to_pyobject(get_traces->domain,
-                                        (const trace_t *)value,
-                                        get_traces->tracebacks);
-    if (tuple == NULL) {
-        return 1;
-    }
-    int res = PyList_Append(get_traces->list, tuple);
-    Py_DECREF(tuple);
-    return res < 0;
+    snapshot_domains_t *args = user_data;
+    snapshot_add(args->snapshot, args->interned, (traces_t *)value,
+                 (unsigned int)FROM_PTR(key));
+    return 0;
 }
 
-
+/* Copy the traces of the state, so that allocations go on being traced (by
+   other threads too) while they are converted to Python objects.  Called
+   with the state's mutex held; return -1 on memory error. */
 static int
-get_traces_domain(_Py_hashtable_t *domains, const void *key,
-                  const void *value, void *user_data)
+snapshot_copy(snapshot_t *snapshot, tm_state_t *state, interned_t *interned)
 {
-    get_traces_t *get_traces = user_data;
-    get_traces->domain = (unsigned int)FROM_PTR(key);
-    return _Py_hashtable_foreach((_Py_hashtable_t *)value,
-                                 get_traces_fill, get_traces);
+    size_t count = state->traces->count;
+    _Py_hashtable_foreach(state->domains, count_domain, &count);
+    snapshot->count = 0;
+    snapshot->capacity = count;
+    snapshot->traces = raw_malloc(Py_MAX(count, 1)
+                                  * sizeof(snapshot_trace_t));
+    if (snapshot->traces == NULL) {
+        return -1;
+    }
+    snapshot_add(snapshot, interned, state->traces, DEFAULT_DOMAIN);
+    snapshot_domains_t args = {snapshot, interned};
+    _Py_hashtable_foreach(state->domains, snapshot_domain, &args);
+    assert(snapshot->count == count);
+    return 0;
 }
 
 
@@ -1537,48 +1887,51 @@ PyObject *
 _PyTraceMalloc_GetTraces(void)
 {
     tm_state_t *state = interp_state(_PyInterpreterState_GET());
-    get_traces_t get_traces = {NULL, NULL, DEFAULT_DOMAIN};
-    _Py_hashtable_t *traces = NULL, *domains = NULL;
+    snapshot_t snapshot = {NULL, 0, 0};
+    _Py_hashtable_t *tracebacks = NULL;
     interned_t *interned = NULL;
 
-    get_traces.list = PyList_New(0);
-    if (get_traces.list == NULL) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
         return NULL;
     }
     /* the traceback hash table is used temporarily to intern traceback tuple
        of (filename, lineno) tuples */
-    get_traces.tracebacks = hashtable_new(_Py_hashtable_hash_ptr,
-                                          _Py_hashtable_compare_direct,
-                                          NULL, tracemalloc_pyobject_decref);
-    if (get_traces.tracebacks == NULL) {
+    tracebacks = hashtable_new(_Py_hashtable_hash_ptr,
+                               _Py_hashtable_compare_direct,
+                               NULL, tracemalloc_pyobject_decref);
+    if (tracebacks == NULL) {
         goto no_memory;
     }
 
-    /* Copy the traces, so that allocations go on being traced (by other
-       threads too) while they are converted. */
     lock_state(state);
     interned = interned_acquire(state);
-    if (interned != NULL) {
-        traces = copy_traces(state->traces);
-        domains = copy_domains(state->domains);
-    }
+    int err = interned ? snapshot_copy(&snapshot, state, interned) : 0;
     unlock_state(state);
     if (interned == NULL) {
         goto finally;  /* not tracing: no traces */
     }
-    if (traces == NULL || domains == NULL) {
+    if (err < 0) {
         goto no_memory;
     }
 
     /* The snapshot's own objects are not traced. */
     int was_reentrant = reentrant;
     reentrant = 1;
-    int err = _Py_hashtable_foreach(traces, get_traces_fill, &get_traces);
-    if (!err) {
-        err = _Py_hashtable_foreach(domains, get_traces_domain, &get_traces);
+    for (size_t i = 0; i < snapshot.count; i++) {
+        PyObject *tuple = trace_to_pyobject(&snapshot.traces[i], tracebacks);
+        if (tuple == NULL) {
+            err = -1;
+            break;
+        }
+        err = PyList_Append(list, tuple);
+        Py_DECREF(tuple);
+        if (err < 0) {
+            break;
+        }
     }
     reentrant = was_reentrant;
-    if (err) {
+    if (err < 0) {
         goto error;
     }
     goto finally;
@@ -1586,19 +1939,16 @@ _PyTraceMalloc_GetTraces(void)
 no_memory:
     PyErr_NoMemory();
 error:
-    Py_CLEAR(get_traces.list);
+    Py_CLEAR(list);
 finally:
-    if (get_traces.tracebacks != NULL) {
-        _Py_hashtable_destroy(get_traces.tracebacks);
+    if (tracebacks != NULL) {
+        _Py_hashtable_destroy(tracebacks);
     }
-    if (traces != NULL) {
-        _Py_hashtable_destroy(traces);
-    }
-    if (domains != NULL) {
-        _Py_hashtable_destroy(domains);
+    if (snapshot.traces != NULL) {
+        raw_free(snapshot.traces);
     }
     interned_put(state, interned);
-    return get_traces.list;
+    return list;
 }
 
 
@@ -1611,12 +1961,7 @@ _PyTraceMalloc_GetTraceback(unsigned int domain, uintptr_t ptr)
     lock_state(state);
     interned_t *interned = interned_acquire(state);
     if (interned != NULL) {
-        _Py_hashtable_t *traces = get_traces_table(state, domain);
-        trace_t *trace = traces ? _Py_hashtable_get(traces, TO_PTR(ptr))
-                                : NULL;
-        if (trace != NULL) {
-            traceback = trace->traceback;
-        }
+        traceback = find_traceback(state, domain, ptr);
     }
     unlock_state(state);
 
@@ -1676,10 +2021,8 @@ find_traceback_for_dump(const void *ptr)
             continue;
         }
         if (state->tracing) {
-            trace_t *trace = _Py_hashtable_get(state->traces, ptr);
-            if (trace != NULL) {
-                traceback = trace->traceback;
-            }
+            traceback = find_traceback(state, DEFAULT_DOMAIN,
+                                       (uintptr_t)ptr);
         }
         unlock_state(state);
     }
@@ -1764,7 +2107,7 @@ static int
 add_domain_size(_Py_hashtable_t *domains, const void *key, const void *value,
                 void *user_data)
 {
-    *(size_t *)user_data += _Py_hashtable_size((const _Py_hashtable_t *)value);
+    *(size_t *)user_data += traces_memory((traces_t *)value);
     return 0;
 }
 
@@ -1775,9 +2118,12 @@ _PyTraceMalloc_GetMemory(void)
     size_t size = 0;
     lock_state(state);
     if (state->tracing) {
-        size = _Py_hashtable_size(state->interned->tracebacks);
-        size += _Py_hashtable_size(state->interned->filenames);
-        size += _Py_hashtable_size(state->traces);
+        interned_t *interned = state->interned;
+        size = _Py_hashtable_size(interned->tracebacks);
+        size += _Py_hashtable_size(interned->filenames);
+        size += interned->index_capacity * sizeof(traceback_t *);
+        size += traces_memory(state->traces);
+        size += _Py_hashtable_size(state->domains);
         _Py_hashtable_foreach(state->domains, add_domain_size, &size);
     }
     unlock_state(state);

@@ -60,6 +60,9 @@ struct tracemalloc_traceback {
     uint16_t nframe;
     /* Total number of frames the traceback had */
     uint16_t total_nframe;
+    /* Index in the interned tracebacks' by_index array, which is what a
+       trace stores; 0 is the empty traceback */
+    uint32_t index;
     struct tracemalloc_frame frames[1];
 };
 
@@ -77,6 +80,10 @@ struct tracemalloc_interned {
     /* filename (str) => NULL (a set holding a strong reference to each
        filename).  Same protection as tracebacks. */
     _Py_hashtable_t *filenames;
+    /* index => traceback: by_index[i]->index == i.  Same protection. */
+    struct tracemalloc_traceback **by_index;
+    uint32_t nindex;
+    uint32_t index_capacity;
 };
 
 
@@ -119,10 +126,11 @@ struct _tracemalloc_interp_state {
     /* Interned tracebacks and filenames; one reference is the state's. */
     struct tracemalloc_interned *interned;
 
-    /* pointer (void*) => trace (trace_t*) of the default domain. */
-    _Py_hashtable_t *traces;
+    /* pointer => (size, traceback) of the default domain. */
+    struct tracemalloc_traces *traces;
 
-    /* domain (unsigned int) => traces (_Py_hashtable_t*) of other domains. */
+    /* domain (unsigned int) => traces (struct tracemalloc_traces*) of the
+       other domains. */
     _Py_hashtable_t *domains;
 };
 
