@@ -521,6 +521,19 @@ slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
     return 0;
 }
 
+/* Start loading the slot where ptr goes: its cache miss is what the table
+   costs, and it can overlap the capture of the traceback. */
+static inline void
+traces_prefetch(traces_t *traces, uintptr_t ptr)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    shard_t *shard = shard_of(traces, ptr);
+    if (shard->capacity != 0) {
+        __builtin_prefetch(&shard->slots[home_slot(ptr, shard->capacity)], 1);
+    }
+#endif
+}
+
 /* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
    in *old_size, 0 if it is new, -1 on memory error. */
 static int
@@ -938,12 +951,15 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
 {
     assert(state->tracing);
 
+    traces_t *traces = get_traces_table(state, domain);
+    if (traces != NULL) {
+        traces_prefetch(traces, ptr);
+    }
     traceback_t *traceback = traceback_new(state, tstate, take_refs);
     if (traceback == NULL) {
         return -1;
     }
 
-    traces_t *traces = get_traces_table(state, domain);
     if (traces == NULL) {
         traces = traces_new();
         if (traces == NULL) {
