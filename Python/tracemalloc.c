@@ -11,13 +11,13 @@
      it is allocated, if that interpreter traces.
    - With no attached thread state (PyMem_RawMalloc() from a thread that
      released the GIL, or from a C thread), it belongs to the interpreter
-     last seen attached in this thread, if that interpreter still traces:
-     with the frames of the thread state bound to the thread
-     (PyGILState_GetThisThreadState()) when that one belongs to the same
-     interpreter, else with an empty traceback.  Failing that, it belongs
-     to the main interpreter, if it traces, with an empty traceback; else
-     to nobody.  No thread state is ever created or attached, and the GIL
-     is never taken.
+     last seen attached in this thread, if that interpreter still traces
+     (else to nobody): with the frames of the thread state bound to the
+     thread (PyGILState_GetThisThreadState()) when that one belongs to the
+     same interpreter, else with an empty traceback.  A thread never seen
+     attached (one Python did not create) allocates for the main
+     interpreter, if it traces, with an empty traceback.  No thread state
+     is ever created or attached, and the GIL is never taken.
    - A free drops the trace from whichever interpreter owns the block: the
      calling interpreter is looked at first, the other tracing interpreters
      only when that fails. */
@@ -1019,7 +1019,11 @@ static tm_state_t *
 unattached_owner(PyThreadState **frames_of)
 {
     *frames_of = NULL;
-    if (last_attached != NULL && is_registered(last_attached)) {
+    if (last_attached != NULL) {
+        if (!is_registered(last_attached)) {
+            /* that interpreter does not trace, or is gone */
+            return NULL;
+        }
         /* The thread state bound to this thread is its own and detached:
            its frames can be read if it belongs to the same interpreter. */
         PyThreadState *bound = PyGILState_GetThisThreadState();
@@ -1028,6 +1032,7 @@ unattached_owner(PyThreadState **frames_of)
         }
         return last_attached;
     }
+    /* A thread never seen attached: one that Python did not create */
     PyInterpreterState *main_interp = _PyInterpreterState_Main();
     if (main_interp != NULL && is_registered(interp_state(main_interp))) {
         return interp_state(main_interp);
@@ -1735,18 +1740,9 @@ frame_to_pyobject(frame_t *frame)
 
 
 static PyObject*
-traceback_to_pyobject(traceback_t *traceback, _Py_hashtable_t *intern_table)
+traceback_to_pyobject(traceback_t *traceback)
 {
-    PyObject *frames;
-
-    if (intern_table != NULL) {
-        frames = _Py_hashtable_get(intern_table, (const void *)traceback);
-        if (frames) {
-            return Py_NewRef(frames);
-        }
-    }
-
-    frames = PyTuple_New(traceback->nframe);
+    PyObject *frames = PyTuple_New(traceback->nframe);
     if (frames == NULL) {
         return NULL;
     }
@@ -1757,16 +1753,6 @@ traceback_to_pyobject(traceback_t *traceback, _Py_hashtable_t *intern_table)
             return NULL;
         }
         PyTuple_SET_ITEM(frames, i, frame);
-    }
-
-    if (intern_table != NULL) {
-        if (_Py_hashtable_set(intern_table, traceback, frames) < 0) {
-            Py_DECREF(frames);
-            PyErr_NoMemory();
-            return NULL;
-        }
-        /* intern_table keeps a new reference to frames */
-        Py_INCREF(frames);
     }
     return frames;
 }
@@ -1783,21 +1769,114 @@ typedef struct {
     snapshot_trace_t *traces;
     size_t count;
     size_t capacity;
+    /* number of interned tracebacks when the traces were copied */
+    uint32_t ntracebacks;
 } snapshot_t;
 
 
-static PyObject*
-trace_to_pyobject(const snapshot_trace_t *trace,
-                  _Py_hashtable_t *intern_tracebacks)
+/* Objects shared by the tuples of a snapshot: one tuple of frames per
+   traceback, and the int of the most frequent sizes. */
+#define SIZE_CACHE 1024     /* a power of two */
+
+typedef struct {
+    PyObject **tracebacks;      /* by traceback index */
+    size_t sizes[SIZE_CACHE];
+    PyObject *size_objs[SIZE_CACHE];
+} converter_t;
+
+static PyObject *
+convert_traceback(converter_t *conv, traceback_t *traceback)
 {
-    PyObject *traceback = traceback_to_pyobject(trace->traceback,
-                                                intern_tracebacks);
-    if (traceback == NULL) {
+    PyObject **cached = &conv->tracebacks[traceback->index];
+    if (*cached == NULL) {
+        *cached = traceback_to_pyobject(traceback);
+    }
+    return Py_XNewRef(*cached);
+}
+
+static PyObject *
+convert_size(converter_t *conv, size_t size)
+{
+    size_t i = (size ^ (size >> 10)) & (SIZE_CACHE - 1);
+    if (conv->size_objs[i] == NULL || conv->sizes[i] != size) {
+        PyObject *obj = PyLong_FromSize_t(size);
+        if (obj == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(conv->size_objs[i], obj);
+        conv->sizes[i] = size;
+    }
+    return Py_NewRef(conv->size_objs[i]);
+}
+
+static PyObject*
+trace_to_pyobject(converter_t *conv, const snapshot_trace_t *trace)
+{
+    PyObject *tuple = PyTuple_New(4);
+    if (tuple == NULL) {
         return NULL;
     }
-    return Py_BuildValue("(InNI)", trace->domain, (Py_ssize_t)trace->size,
-                         traceback,
-                         (unsigned int)trace->traceback->total_nframe);
+    PyObject *items[4] = {
+        PyLong_FromUnsignedLong(trace->domain),
+        convert_size(conv, trace->size),
+        convert_traceback(conv, trace->traceback),
+        PyLong_FromUnsignedLong(trace->traceback->total_nframe),
+    };
+    for (int i = 0; i < 4; i++) {
+        if (items[i] == NULL) {
+            for (int j = 0; j < 4; j++) {
+                Py_XDECREF(items[j]);
+            }
+            Py_DECREF(tuple);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        PyTuple_SET_ITEM(tuple, i, items[i]);
+    }
+    return tuple;
+}
+
+/* Convert the traces of a snapshot into a list of (domain, size,
+   traceback, total_nframe) tuples. */
+static PyObject *
+snapshot_to_list(snapshot_t *snapshot)
+{
+    converter_t *conv = PyMem_RawCalloc(1, sizeof(converter_t));
+    if (conv == NULL) {
+        return PyErr_NoMemory();
+    }
+    conv->tracebacks = PyMem_RawCalloc(snapshot->ntracebacks,
+                                       sizeof(PyObject *));
+    PyObject *list = PyList_New((Py_ssize_t)snapshot->count);
+    if (conv->tracebacks == NULL || list == NULL) {
+        if (list == NULL) {
+            PyErr_NoMemory();
+        }
+        Py_CLEAR(list);
+        goto done;
+    }
+    for (size_t i = 0; i < snapshot->count; i++) {
+        PyObject *tuple = trace_to_pyobject(conv, &snapshot->traces[i]);
+        if (tuple == NULL) {
+            Py_CLEAR(list);  /* items not set yet are NULL */
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, tuple);
+    }
+
+done:
+    if (conv->tracebacks != NULL) {
+        for (uint32_t i = 0; i < snapshot->ntracebacks; i++) {
+            Py_XDECREF(conv->tracebacks[i]);
+        }
+        PyMem_RawFree(conv->tracebacks);
+    }
+    for (int i = 0; i < SIZE_CACHE; i++) {
+        Py_XDECREF(conv->size_objs[i]);
+    }
+    PyMem_RawFree(conv);
+    return list;
 }
 
 
@@ -1884,6 +1963,7 @@ snapshot_copy(snapshot_t *snapshot, tm_state_t *state, interned_t *interned)
     if (snapshot->traces == NULL) {
         return -1;
     }
+    snapshot->ntracebacks = interned->nindex;
     snapshot_add(snapshot, interned, state->traces, DEFAULT_DOMAIN);
     snapshot_domains_t args = {snapshot, interned};
     _Py_hashtable_foreach(state->domains, snapshot_domain, &args);
@@ -1892,73 +1972,27 @@ snapshot_copy(snapshot_t *snapshot, tm_state_t *state, interned_t *interned)
 }
 
 
-static void
-tracemalloc_pyobject_decref(void *value)
-{
-    Py_DECREF((PyObject *)value);
-}
-
-
 PyObject *
 _PyTraceMalloc_GetTraces(void)
 {
     tm_state_t *state = interp_state(_PyInterpreterState_GET());
-    snapshot_t snapshot = {NULL, 0, 0};
-    _Py_hashtable_t *tracebacks = NULL;
-    interned_t *interned = NULL;
-
-    PyObject *list = PyList_New(0);
-    if (list == NULL) {
-        return NULL;
-    }
-    /* the traceback hash table is used temporarily to intern traceback tuple
-       of (filename, lineno) tuples */
-    tracebacks = hashtable_new(_Py_hashtable_hash_ptr,
-                               _Py_hashtable_compare_direct,
-                               NULL, tracemalloc_pyobject_decref);
-    if (tracebacks == NULL) {
-        goto no_memory;
-    }
+    snapshot_t snapshot = {NULL, 0, 0, 0};
 
     lock_state(state);
-    interned = interned_acquire(state);
+    interned_t *interned = interned_acquire(state);
     int err = interned ? snapshot_copy(&snapshot, state, interned) : 0;
     unlock_state(state);
-    if (interned == NULL) {
-        goto finally;  /* not tracing: no traces */
-    }
-    if (err < 0) {
-        goto no_memory;
-    }
 
-    /* The snapshot's own objects are not traced. */
-    int was_reentrant = reentrant;
-    reentrant = 1;
-    for (size_t i = 0; i < snapshot.count; i++) {
-        PyObject *tuple = trace_to_pyobject(&snapshot.traces[i], tracebacks);
-        if (tuple == NULL) {
-            err = -1;
-            break;
-        }
-        err = PyList_Append(list, tuple);
-        Py_DECREF(tuple);
-        if (err < 0) {
-            break;
-        }
-    }
-    reentrant = was_reentrant;
+    PyObject *list;
     if (err < 0) {
-        goto error;
+        list = PyErr_NoMemory();
     }
-    goto finally;
-
-no_memory:
-    PyErr_NoMemory();
-error:
-    Py_CLEAR(list);
-finally:
-    if (tracebacks != NULL) {
-        _Py_hashtable_destroy(tracebacks);
+    else {
+        /* The snapshot's own objects are not traced. */
+        int was_reentrant = reentrant;
+        reentrant = 1;
+        list = snapshot_to_list(&snapshot);
+        reentrant = was_reentrant;
     }
     if (snapshot.traces != NULL) {
         raw_free(snapshot.traces);
@@ -1986,7 +2020,7 @@ _PyTraceMalloc_GetTraceback(unsigned int domain, uintptr_t ptr)
         result = Py_NewRef(Py_None);
     }
     else {
-        result = traceback_to_pyobject(traceback, NULL);
+        result = traceback_to_pyobject(traceback);
     }
     interned_put(state, interned);
     return result;
