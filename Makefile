@@ -2,7 +2,11 @@
 #
 #   make                      build the release interpreter; ./python points at it
 #   make test                 build VARIANT=debug and run the test suite
+#   make stress               build VARIANT=debug and run the stress harness
+#                             for SECONDS=60 (SEED=<n> to replay a run)
 #   make VARIANT=<name>       build one variant into build/<name>/
+#   make bench                build release and upstream, benchmark them (build/bench/)
+#   make regress              CPython's tests on debug vs upstream-debug: regressions
 #   make refresh              record edits made in build/src (see README)
 #
 # `make help` lists every target.
@@ -97,6 +101,32 @@ test: VARIANT_TEST = $(if $(filter command line environment,$(origin VARIANT)),$
 test:
 	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_TEST)
 	@$(PYTHON_FOR_TOOLS) scripts/run-tests.py build/$(VARIANT_TEST)/python $(TESTS)
+
+# Benchmarks, fork vs upstream (see Tools/tracemalloc/bench.py --help);
+# BENCH_ARGS=--quick for a smoke run.  Measures, never fails on a target.
+bench:
+	@$(MAKE) --no-print-directory build VARIANT=release
+	@$(MAKE) --no-print-directory build VARIANT=upstream
+	@$(PYTHON_FOR_TOOLS) Tools/tracemalloc/bench.py --fork build/release/python \
+	    --upstream build/upstream/python --out build/bench $(BENCH_ARGS)
+
+# The stress harness: a seeded random mix over many interpreters and threads
+# that checks tracemalloc's invariants (Tools/tracemalloc/stress.py --help).
+SECONDS ?= 60
+SEED ?=
+stress: VARIANT_STRESS = $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),debug)
+stress:
+	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_STRESS)
+	@build/$(VARIANT_STRESS)/python Tools/tracemalloc/stress.py \
+	    --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+
+# CPython's own tests around tracemalloc, fork vs base built the same way:
+# lists every test that passes on the base but fails on the fork.
+regress:
+	@$(MAKE) --no-print-directory build VARIANT=debug
+	@$(MAKE) --no-print-directory build VARIANT=upstream-debug
+	@$(PYTHON_FOR_TOOLS) scripts/regress.py --fork build/debug/python \
+	    --base build/upstream-debug/python --out build/regress
 
 refresh:
 	@$(PYTHON_FOR_TOOLS) scripts/base.py refresh

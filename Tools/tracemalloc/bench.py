@@ -1,0 +1,974 @@
+#!/usr/bin/env python3
+"""Benchmark the per-interpreter tracemalloc fork against its upstream base.
+
+Usage (what `make bench` runs):
+
+    python3 Tools/tracemalloc/bench.py --fork build/release/python \\
+        --upstream build/upstream/python --out build/bench
+
+The driver runs under any Python 3.11+ and only launches the interpreters
+under test as child processes (this same file, run with --child), so the
+two builds are measured by identical code.  It prints a table and writes
+OUT/results.json and OUT/results.md.
+
+What is measured (each figure is the median over repetitions; "spread" is
+the median absolute deviation of the same samples):
+
+  untraced    fork vs upstream with tracemalloc off, per workload: rounds of
+              one child per interpreter, alternating which goes first (ABAB);
+              ratio = fork time / upstream time of the same round.
+  overhead    traced time / untraced time, per workload, at 1 and 25 frames:
+              one child per (interpreter, frames) alternates untraced and
+              traced runs back to back (tracemalloc.start(n) ... stop()),
+              the order flipping every pair; median of the pair ratios, and
+              the geometric mean over the workloads.
+  memory      1M live small str objects (plus the list holding them):
+              get_tracemalloc_memory() growth / 1M, and peak-RSS growth
+              (VmHWM) of a traced child minus that of an untraced child of
+              the same round, / 1M.
+  snapshot    take_snapshot() with those 1M traces live; ratio fork/upstream.
+  scaling     N isolated subinterpreters (own GIL), one thread each, all
+              running the same workload mix with tracemalloc started inside;
+              throughput = total work / wall time, speedup vs N = 1, for
+              N = 1 .. max(2, nproc).  Also untraced, as a reference for
+              what the machine allows.  Upstream cannot import tracemalloc in
+              an isolated subinterpreter: reported as n/a.
+
+Single-threaded timings use process CPU time (time.process_time), which is
+robust against other load on the machine; scaling uses wall time.  Child
+processes run with PYTHONHASHSEED=0 and without user site-packages.
+
+Targets missed are reported as such; the exit status is 0 whenever all
+measurements ran, 1 if a child process crashed or a measurement failed.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+# Workloads, run by the children and by the subinterpreters of the scaling
+# test (hence a string: it is exec'd in each).  Each takes a scale factor
+# (1.0 ~ 0.1-0.15 s untraced on a release build) and returns a checksum.
+WORKLOADS_SRC = r'''
+import json, random, re
+
+
+def wl_churn(scale):
+    """dict/list/str churn: build, join, split and filter small containers."""
+    total = 0
+    for r in range(int(1000 * scale)):
+        d = {}
+        for i in range(300):
+            k = 'key%d_%d' % (r, i)
+            d[k] = [k, str(i), k.upper()]
+        joined = ','.join([v[1] + v[2] for v in d.values()])
+        parts = joined.split(',')
+        inv = {p: n for n, p in enumerate(parts) if n % 3}
+        total += len(parts) + len(inv) + len(joined)
+    return total
+
+
+def wl_json(scale):
+    """JSON round trip of a generated list of records."""
+    rng = random.Random(2)
+    doc = [{'id': i, 'name': 'user%d' % i, 'email': 'user%d@example.org' % i,
+            'tags': ['t%d' % rng.randrange(20) for _ in range(3)],
+            'score': rng.random(), 'active': i % 3 == 0,
+            'address': {'city': 'c%d' % (i % 50), 'zip': '%05d' % i}}
+           for i in range(int(3600 * scale))]
+    total = 0
+    for _ in range(12):
+        text = json.dumps(doc)
+        back = json.loads(text)
+        total += len(text) + len(back[-1]['tags'])
+    return total
+
+
+class Vec:
+    __slots__ = ('x', 'y')
+
+    def __init__(self, x, y):
+        self.x = x
+        self.y = y
+
+    def __add__(self, other):
+        return Vec(self.x + other.x, self.y + other.y)
+
+    def scaled(self, k):
+        return Vec(self.x * k, self.y * k)
+
+
+class Node:
+    def __init__(self, key, value):
+        self.key = key
+        self.value = value
+        self.left = None
+        self.right = None
+
+
+class Particle:
+    def __init__(self, pos, vel, tag):
+        self.pos = pos
+        self.vel = vel
+        self.tag = tag
+
+    def step(self):
+        return Particle(self.pos + self.vel, self.vel.scaled(0.99), self.tag)
+
+
+def wl_objects(scale):
+    """Small class instances: a binary search tree and particles stepped."""
+    rng = random.Random(3)
+    root = None
+    for i in range(int(20000 * scale)):
+        key = rng.randrange(1 << 30)
+        node = Node(key, Vec(i, -i))
+        if root is None:
+            root = node
+            continue
+        cur = root
+        while True:
+            if key < cur.key:
+                if cur.left is None:
+                    cur.left = node
+                    break
+                cur = cur.left
+            else:
+                if cur.right is None:
+                    cur.right = node
+                    break
+                cur = cur.right
+    particles = [Particle(Vec(i, 0), Vec(1, i), 'p%d' % i) for i in range(2000)]
+    for _ in range(int(60 * scale)):
+        particles = [p.step() for p in particles]
+    acc = Vec(0, 0)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        acc = acc + node.value.scaled(2)
+        if node.left is not None:
+            stack.append(node.left)
+        if node.right is not None:
+            stack.append(node.right)
+    for p in particles:
+        acc = acc + p.pos
+    return int(acc.x - acc.y)
+
+
+_TOKEN = re.compile(r'\s*(?:(\d+)|([A-Za-z_]\w*)|(.))')
+
+
+def _gen_expr(rng, depth):
+    if depth <= 0 or rng.random() < 0.3:
+        return str(rng.randrange(1, 100)) if rng.random() < 0.7 else rng.choice('abcxyz')
+    op = rng.choice('+-*')
+    return '(%s %s %s)' % (_gen_expr(rng, depth - 1), op, _gen_expr(rng, depth - 1))
+
+
+class Token:
+    __slots__ = ('kind', 'text', 'pos')
+
+    def __init__(self, kind, text, pos):
+        self.kind = kind
+        self.text = text
+        self.pos = pos
+
+
+def _tokenize(text):
+    tokens = []
+    for m in _TOKEN.finditer(text):
+        num, name, op = m.groups()
+        if num:
+            tokens.append(Token('num', num, m.start(1)))
+        elif name:
+            tokens.append(Token('name', name, m.start(2)))
+        elif op:
+            tokens.append(Token('op', op, m.start(3)))
+    tokens.append(Token('end', '', len(text)))
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens):
+        self.tokens = tokens
+        self.pos = 0
+
+    def next(self):
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def expr(self):
+        node = self.term()
+        while self.tokens[self.pos].text in ('+', '-'):
+            node = {'op': self.next().text, 'args': [node, self.term()]}
+        return node
+
+    def term(self):
+        node = self.atom()
+        while self.tokens[self.pos].text == '*':
+            self.next()
+            node = {'op': '*', 'args': [node, self.atom()]}
+        return node
+
+    def atom(self):
+        tok = self.next()
+        if tok.text == '(':
+            node = self.expr()
+            self.next()
+            return node
+        return {'op': tok.kind, 'value': tok.text}
+
+
+def _unparse(node):
+    if 'value' in node:
+        return node['value']
+    a, b = node['args']
+    return '(' + _unparse(a) + ' ' + node['op'] + ' ' + _unparse(b) + ')'
+
+
+def wl_parse(scale):
+    """Tokenize and parse generated arithmetic text, then print it back."""
+    rng = random.Random(4)
+    lines = [_gen_expr(rng, 7) for _ in range(int(2400 * scale))]
+    total = 0
+    for line in lines:
+        text = _unparse(_Parser(_tokenize(line)).expr())
+        total += len(text) + (text == line)
+    return total
+
+
+_LOG = re.compile(r'(\S+) (\w+) \[(\w+)\] (\w+) (\S+) (\d{3}) (\d+)ms (\d+)b')
+
+
+def wl_logs(scale):
+    """A small program: generate access logs, parse, aggregate, report."""
+    rng = random.Random(5)
+    routes = ['/api/users/%d', '/api/orders/%d/items', '/static/app.js',
+              '/api/search?q=%d', '/health', '/api/users/%d/avatar']
+    levels = ['INFO'] * 8 + ['WARN', 'ERROR']
+    lines = []
+    for i in range(int(28000 * scale)):
+        route = rng.choice(routes)
+        path = route % rng.randrange(10000) if '%d' in route else route
+        status = rng.choice((200, 200, 200, 200, 304, 404, 500))
+        lines.append('2026-11-21T12:%02d:%02d.%03d %s [web%d] %s %s %d %dms %db' % (
+            i // 3600 % 60, i // 60 % 60, i % 1000, rng.choice(levels),
+            rng.randrange(8), rng.choice(('GET', 'GET', 'POST')), path,
+            status, rng.randrange(1, 900), rng.randrange(100, 100000)))
+    text = '\n'.join(lines)
+
+    stats = {}
+    for line in text.splitlines():
+        m = _LOG.match(line)
+        if m is None:
+            continue
+        ts, level, host, method, path, status, ms, size = m.groups()
+        path = path.split('?', 1)[0]
+        key = (method, '/'.join(':id' if p.isdigit() else p
+                                for p in path.split('/')))
+        entry = stats.get(key)
+        if entry is None:
+            entry = stats[key] = {'count': 0, 'bytes': 0, 'ms': [],
+                                  'status': {}, 'hosts': set()}
+        entry['count'] += 1
+        entry['bytes'] += int(size)
+        entry['ms'].append(int(ms))
+        entry['status'][status] = entry['status'].get(status, 0) + 1
+        entry['hosts'].add(host)
+    report = []
+    for (method, route), e in sorted(stats.items(), key=lambda kv: -kv[1]['count']):
+        ms = sorted(e['ms'])
+        report.append('%-6s %-28s %6d %8.1fkB p50=%dms p99=%dms %s hosts=%d' % (
+            method, route, e['count'], e['bytes'] / 1024, ms[len(ms) // 2],
+            ms[len(ms) * 99 // 100],
+            ' '.join('%s:%d' % kv for kv in sorted(e['status'].items())),
+            len(e['hosts'])))
+    return len('\n'.join(report))
+
+
+WORKLOADS = {'churn': wl_churn, 'json': wl_json, 'objects': wl_objects,
+             'parse': wl_parse, 'logs': wl_logs}
+
+
+def run_mix(names, scale, units, frames):
+    """The unit of work of the scaling test, traced if frames > 0."""
+    if frames:
+        import tracemalloc
+        tracemalloc.start(frames)
+    try:
+        for _ in range(units):
+            for name in names:
+                WORKLOADS[name](scale)
+    finally:
+        if frames:
+            tracemalloc.stop()
+'''
+
+WORKLOAD_NAMES = ('churn', 'json', 'objects', 'parse', 'logs')
+SECTIONS = ('untraced', 'overhead', 'memory', 'snapshot', 'scaling')
+FRAMES = (1, 25)
+MEMORY_BLOCKS = 1_000_000
+
+# Targets of the issue: row key -> (what is compared, operator, bound, unit).
+TARGETS = {
+    'overhead-1': ('fork', '<=', 2.0, 'x'),
+    'overhead-25': ('fork', '<=', 3.5, 'x'),
+    'tm-memory': ('fork', '<=', 24.0, ' B'),
+    'rss': ('fork', '<=', 40.0, ' B'),
+    'snapshot': ('ratio', '<=', 0.5, 'x'),
+    'untraced': ('ratio', '<=', 1.02, 'x'),
+    'scaling-2': ('fork', '>=', 1.7, 'x'),
+}
+NA = 'n/a'      # a cell that cannot be measured (as opposed to None: no cell)
+
+RESULT_MARK = 'BENCH-RESULT '
+
+
+# --- Child side: runs inside the interpreter under test --------------------
+
+def load_workloads():
+    ns = {'__name__': 'bench_workloads'}
+    exec(compile(WORKLOADS_SRC, '<bench-workloads>', 'exec'), ns)
+    return ns
+
+
+def timed(func, *args):
+    import gc
+    gc.collect()
+    t0 = time.process_time()
+    result = func(*args)
+    return time.process_time() - t0, result
+
+
+def child_untraced(spec):
+    """Untraced time of each workload, `runs` times, interleaved."""
+    wl = load_workloads()['WORKLOADS']
+    names, scale = spec['names'], spec['scale']
+    for name in names:
+        wl[name](scale * 0.25)                      # warm up
+    times = {name: [] for name in names}
+    for _ in range(spec['runs']):
+        for name in names:
+            times[name].append(timed(wl[name], scale)[0])
+    return {'times': times}
+
+
+def child_overhead(spec):
+    """Back-to-back untraced/traced pairs; the order flips every pair."""
+    import tracemalloc
+    wl = load_workloads()['WORKLOADS']
+    names, scale, frames = spec['names'], spec['scale'], spec['frames']
+
+    def traced(func, *args):
+        tracemalloc.start(frames)
+        try:
+            return timed(func, *args)
+        finally:
+            tracemalloc.stop()
+
+    for name in names:                              # warm up
+        wl[name](scale * 0.25)
+        traced(wl[name], scale * 0.25)
+    out = {name: {'untraced': [], 'traced': []} for name in names}
+    for i in range(spec['pairs']):
+        for name in names:
+            if i % 2 == 0:
+                t_off, r_off = timed(wl[name], scale)
+                t_on, r_on = traced(wl[name], scale)
+            else:
+                t_on, r_on = traced(wl[name], scale)
+                t_off, r_off = timed(wl[name], scale)
+            if r_on != r_off:
+                raise RuntimeError('%s: result differs when traced' % name)
+            out[name]['untraced'].append(t_off)
+            out[name]['traced'].append(t_on)
+    return out
+
+
+def read_status_kb(field):
+    """VmRSS/VmHWM of this process in kB (ru_maxrss for VmHWM elsewhere)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child_memory(spec):
+    """Hold `n` small str objects, traced or not; time take_snapshot()."""
+    import gc
+    import tracemalloc
+    n, traced = spec['n'], spec['traced']
+    gc.collect()
+    out = {'rss0_kb': read_status_kb('VmRSS')}
+    if traced:
+        tracemalloc.start(1)
+        out['tm0'] = tracemalloc.get_tracemalloc_memory()
+    data = ['s%d' % i for i in range(n)]
+    out['hwm1_kb'] = read_status_kb('VmHWM')
+    if traced:
+        out['tm1'] = tracemalloc.get_tracemalloc_memory()
+        out['traced_memory'] = tracemalloc.get_traced_memory()[0]
+        out['snapshot_s'] = []
+        for _ in range(spec['snapshots']):
+            dt, snap = timed(tracemalloc.take_snapshot)
+            out['snapshot_s'].append(dt)
+            out['ntraces'] = len(snap.traces)
+            del snap
+        tracemalloc.stop()
+    del data
+    return out
+
+
+def child_scaling(spec):
+    """Throughput of N isolated subinterpreters, one thread each."""
+    import _interpreters
+    import threading
+    names, scale, units, frames = (spec['names'], spec['scale'],
+                                   spec['units'], spec['frames'])
+    nmax = spec['nmax']
+    ids = [_interpreters.create('isolated') for _ in range(nmax)]
+    work = 'run_mix(%r, %r, %d, %d)' % (list(names), scale, units, frames)
+    warm = 'run_mix(%r, %r, 1, %d)' % (list(names), scale * 0.25, frames)
+    try:
+        for iid in ids:
+            exc = (_interpreters.run_string(iid, WORKLOADS_SRC)
+                   or _interpreters.run_string(iid, warm))
+            if exc is not None:
+                return {'error': exc.formatted,
+                        'unsupported': (exc.type.__name__ == 'ImportError'
+                                        and 'subinterpreter' in exc.msg)}
+        curve = {n: [] for n in range(1, nmax + 1)}
+        cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
+        for rep in range(spec['reps']):
+            order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
+            for n in order:
+                errors = []
+                barrier = threading.Barrier(n + 1)
+
+                def worker(iid):
+                    barrier.wait()
+                    exc = _interpreters.run_string(iid, work)
+                    if exc is not None:
+                        errors.append(exc.formatted)
+
+                threads = [threading.Thread(target=worker, args=(iid,))
+                           for iid in ids[:n]]
+                for t in threads:
+                    t.start()
+                barrier.wait()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - t0
+                cpu[n].append((time.process_time() - c0) / wall)
+                if errors:
+                    return {'error': errors[0], 'unsupported': False}
+                curve[n].append(n * units / wall)
+        return {'throughput': {str(n): v for n, v in curve.items()},
+                'cpu_per_wall': {str(n): v for n, v in cpu.items()}}
+    finally:
+        for iid in ids:
+            _interpreters.destroy(iid)
+
+
+CHILD_MODES = {'untraced': child_untraced, 'overhead': child_overhead,
+               'memory': child_memory, 'scaling': child_scaling}
+
+
+def child_main(mode, spec):
+    result = CHILD_MODES[mode](json.loads(spec))
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + '\n')
+
+
+# --- Driver side ------------------------------------------------------------
+
+class ChildError(Exception):
+    pass
+
+
+def child_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTHON')}
+    env['PYTHONHASHSEED'] = '0'
+    return env
+
+
+def run_child(python, mode, spec, timeout=1800):
+    cmd = [python, '-s', '-P', os.path.abspath(__file__),
+           '--child', mode, json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env=child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ChildError('%s %s: timed out after %d s' % (python, mode, timeout))
+    except OSError as exc:
+        raise ChildError('%s %s: cannot run: %s' % (python, mode, exc))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        why = ('killed by signal %d' % -proc.returncode
+               if proc.returncode < 0 else 'exit status %d' % proc.returncode)
+        tail = '\n'.join(proc.stderr.strip().splitlines()[-15:])
+        raise ChildError(('%s --child %s: %s\n%s' % (python, mode, why,
+                                                     tail)).strip())
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def stat(values):
+    """{'median', 'spread' (median absolute deviation), 'n'} of samples."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    med = statistics.median(values)
+    return {'median': med,
+            'spread': statistics.median(abs(v - med) for v in values),
+            'n': len(values)}
+
+
+def geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def check(key, fork, ratio):
+    """True/False if the target of `key` is met/missed, None if no target."""
+    if key not in TARGETS:
+        return None
+    what, op, bound, _ = TARGETS[key]
+    value = (fork if what == 'fork' else ratio)
+    if not isinstance(value, dict):
+        return False
+    value = value['median']
+    return value <= bound if op == '<=' else value >= bound
+
+
+def target_text(key):
+    if key not in TARGETS:
+        return ''
+    what, op, bound, unit = TARGETS[key]
+    return '%s %s %g%s' % ('fork' if what == 'fork' else 'fork/upstream',
+                           op, bound, unit)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.pythons = {'upstream': args.upstream, 'fork': args.fork}
+        self.rows = []
+        self.raw = {}
+        self.errors = []
+        self.notes = []
+
+    def log(self, msg):
+        print('[bench %6.1fs] %s' % (time.monotonic() - self.t0, msg),
+              file=sys.stderr, flush=True)
+
+    def child(self, which, mode, spec):
+        t = time.monotonic()
+        try:
+            return run_child(self.pythons[which], mode, spec)
+        finally:
+            self.log('%s %s %s: %.1f s' % (which, mode, json.dumps(
+                {k: v for k, v in spec.items() if k != 'names'}),
+                time.monotonic() - t))
+
+    def row(self, key, metric, unit, upstream=None, fork=None, ratio=None,
+            note=''):
+        self.rows.append({
+            'key': key, 'metric': metric, 'unit': unit,
+            'upstream': upstream, 'fork': fork, 'ratio': ratio,
+            'target': target_text(key), 'met': check(key, fork, ratio),
+            'note': note})
+
+    def error(self, section, exc):
+        msg = '%s: %s' % (section, exc)
+        self.errors.append(msg)
+        self.log('ERROR ' + msg)
+        self.row(section, '%s: measurement failed (see notes)' % section,
+                 '', note='error')
+
+    # -- sections --
+
+    def untraced(self):
+        a = self.args
+        per_round = []
+        for r in range(a.reps):
+            order = ('fork', 'upstream') if r % 2 == 0 else ('upstream', 'fork')
+            res = {}
+            for which in order:
+                res[which] = self.child(which, 'untraced', {
+                    'names': a.names, 'scale': a.scale, 'runs': 3})['times']
+            per_round.append(res)
+        self.raw['untraced'] = per_round
+        ratios_all = []
+        for name in a.names:
+            t = {w: [statistics.median(rd[w][name]) for rd in per_round]
+                 for w in self.pythons}
+            ratios = [f / u for f, u in zip(t['fork'], t['upstream'])]
+            ratios_all.append(ratios)
+            self.row('untraced', 'untraced time: %s' % name, 's',
+                     stat(t['upstream']), stat(t['fork']), stat(ratios))
+        # Headline: geomean of the per-workload medians; spread: that of
+        # the per-round geomeans.
+        per_round_gm = [geomean(rs) for rs in zip(*ratios_all)]
+        gm = stat(per_round_gm)
+        gm['median'] = geomean([statistics.median(rs) for rs in ratios_all])
+        self.row('untraced', 'untraced fork/upstream: geomean', 'x',
+                 ratio=gm)
+
+    def overhead(self):
+        a = self.args
+        for frames in FRAMES:
+            key = 'overhead-%d' % frames
+            res = {}
+            for which in ('fork', 'upstream'):
+                res[which] = self.child(which, 'overhead', {
+                    'names': a.names, 'scale': a.scale, 'frames': frames,
+                    'pairs': a.reps})
+            self.raw[key] = res
+            ratios = {w: {} for w in res}
+            for name in a.names:
+                for w in res:
+                    d = res[w][name]
+                    ratios[w][name] = [t / u for t, u in
+                                       zip(d['traced'], d['untraced'])]
+                up, fk = (stat(ratios[w][name]) for w in ('upstream', 'fork'))
+                self.row(key, 'overhead %d frame%s: %s' % (
+                    frames, 's' if frames > 1 else '', name), 'x', up, fk,
+                    {'median': fk['median'] / up['median']})
+            gms = {}
+            for w in res:
+                per_pair = [geomean(rs) for rs in zip(*ratios[w].values())]
+                gms[w] = stat(per_pair)
+                gms[w]['median'] = geomean([statistics.median(rs) for rs
+                                            in ratios[w].values()])
+            self.row(key, 'overhead %d frame%s: geomean' % (
+                frames, 's' if frames > 1 else ''), 'x',
+                gms['upstream'], gms['fork'],
+                {'median': gms['fork']['median'] / gms['upstream']['median']})
+
+    def memory(self, want_memory, want_snapshot):
+        a = self.args
+        n = MEMORY_BLOCKS
+        rounds = []
+        for r in range(a.mem_reps):
+            order = ('fork', 'upstream') if r % 2 == 0 else ('upstream', 'fork')
+            res = {}
+            for which in order:
+                res[which] = {
+                    'untraced': self.child(which, 'memory', {
+                        'n': n, 'traced': False}) if want_memory else None,
+                    'traced': self.child(which, 'memory', {
+                        'n': n, 'traced': True,
+                        'snapshots': 2 if want_snapshot else 0})}
+            rounds.append(res)
+        self.raw['memory'] = rounds
+        per = {w: [rd[w] for rd in rounds] for w in self.pythons}
+        if want_memory:
+            tm = {w: stat([(d['traced']['tm1'] - d['traced']['tm0']) / n
+                           for d in per[w]]) for w in per}
+            self.row('tm-memory', 'get_tracemalloc_memory() per live block',
+                     'B', tm['upstream'], tm['fork'],
+                     {'median': tm['fork']['median'] / tm['upstream']['median']})
+            growth = lambda d: d['hwm1_kb'] - d['rss0_kb']
+            rss = {w: stat([(growth(d['traced']) - growth(d['untraced']))
+                            * 1024 / n for d in per[w]]) for w in per}
+            self.row('rss', 'peak RSS growth per live block', 'B',
+                     rss['upstream'], rss['fork'],
+                     {'median': rss['fork']['median'] / rss['upstream']['median']})
+        if want_snapshot:
+            snap = {w: stat([t for d in per[w] for t in d['traced']['snapshot_s']])
+                    for w in per}
+            ratios = [statistics.median(rd['fork']['traced']['snapshot_s'])
+                      / statistics.median(rd['upstream']['traced']['snapshot_s'])
+                      for rd in rounds]
+            ntraces = rounds[0]['fork']['traced'].get('ntraces')
+            self.row('snapshot', 'take_snapshot() of 1M traces', 's',
+                     snap['upstream'], snap['fork'], stat(ratios),
+                     note='%s traces' % ntraces)
+
+    def scaling(self):
+        a = self.args
+        spec = {'names': a.names, 'scale': a.scale * 0.5,
+                'units': 1 if a.quick else 2,
+                'nmax': a.nmax, 'reps': a.scaling_reps}
+        res = {}
+        for frames in (1, 0):
+            for which in ('fork', 'upstream'):
+                out = self.child(which, 'scaling', dict(spec, frames=frames))
+                res['%s-%d' % (which, frames)] = out
+                if 'error' in out and not (which == 'upstream' and
+                                           out.get('unsupported')):
+                    raise ChildError('%s, frames=%d:\n%s' % (
+                        which, frames, out['error']))
+        self.raw['scaling'] = res
+
+        def curve(which, frames):
+            out = res['%s-%d' % (which, frames)]
+            if 'throughput' not in out:
+                return None
+            return {int(n): v for n, v in out['throughput'].items()}
+
+        for frames, label in ((1, 'tracing'), (0, 'not tracing (reference)')):
+            c = {w: curve(w, frames) for w in self.pythons}
+            note = ('upstream: tracemalloc cannot be imported in an '
+                    'isolated subinterpreter' if c['upstream'] is None else '')
+            for n in range(1, a.nmax + 1):
+                thr = {w: stat(c[w][n]) if c[w] else NA for w in c}
+                self.row('throughput', '%d interp%s %s: work units/s' % (
+                    n, 's' if n > 1 else '', label), '/s',
+                    thr['upstream'], thr['fork'], note=note if n == 1 else '')
+            for n in range(2, a.nmax + 1):
+                sp = {w: stat([x / y for x, y in zip(c[w][n], c[w][1])])
+                      if c[w] else NA for w in c}
+                key = 'scaling-%d' % n if frames else 'scaling-ref'
+                self.row(key, 'speedup %d interps vs 1, %s' % (n, label), 'x',
+                         sp['upstream'], sp['fork'])
+
+    def run(self):
+        a = self.args
+        self.t0 = time.monotonic()
+        sections = [
+            ('untraced', self.untraced),
+            ('overhead', self.overhead),
+            ('memory', lambda: self.memory('memory' in a.sections,
+                                           'snapshot' in a.sections)),
+            ('scaling', self.scaling),
+        ]
+        for name, func in sections:
+            if name == 'memory':
+                if not {'memory', 'snapshot'} & set(a.sections):
+                    continue
+            elif name not in a.sections:
+                continue
+            self.log('section %s' % name)
+            try:
+                func()
+            except ChildError as exc:
+                self.error(name, exc)
+        self.elapsed = time.monotonic() - self.t0
+
+
+# --- Reporting ----------------------------------------------------------------
+
+def fmt(s, unit):
+    if not isinstance(s, dict):
+        return s or ''
+    m, sp = s['median'], s.get('spread')
+    if unit == 'x':
+        text, sps = '%.2fx' % m, '%.2f' % sp if sp is not None else None
+    elif unit == 'B':
+        text, sps = '%.1f B' % m, '%.1f' % sp if sp is not None else None
+    elif unit == 's':
+        text, sps = '%.3f s' % m, '%.3f' % sp if sp is not None else None
+    else:
+        text, sps = '%.2f%s' % (m, unit), '%.2f' % sp if sp is not None else None
+    return text if sps is None else '%s ± %s' % (text, sps)
+
+
+HEADER = ('metric', 'upstream', 'fork', 'fork/upstream', 'target', 'met?')
+
+
+def table_cells(rows):
+    out = []
+    for r in rows:
+        met = {True: 'yes', False: 'NO', None: ''}[r['met']]
+        if r['note'] == 'error':
+            met = 'ERROR'
+        out.append((r['metric'], fmt(r['upstream'], r['unit']),
+                    fmt(r['fork'], r['unit']), fmt(r['ratio'], 'x'),
+                    r['target'], met))
+    return out
+
+
+def text_table(rows):
+    cells = [HEADER] + table_cells(rows)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append('  '.join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+        if i == 0:
+            lines.append('  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def markdown(bench, meta):
+    cells = table_cells(bench.rows)
+    md = ['# tracemalloc benchmark: fork vs upstream', '',
+          '- date: %s' % meta['date'],
+          '- command: `%s`' % meta['command'],
+          '- fork: `%s` — `%s`' % (meta['fork'], meta['fork_version']),
+          '- upstream: `%s` — `%s`' % (meta['upstream'],
+                                        meta['upstream_version']),
+          '- machine: %s, %d CPUs, load average %s at start, %s at end' % (
+              meta['platform'], meta['nproc'], meta['loadavg_start'],
+              meta['loadavg_end']),
+          '- repetitions: %d (memory %d, scaling %d), workload scale %g, '
+          'wall time %.0f s' % (meta['reps'], meta['mem_reps'],
+                                meta['scaling_reps'], meta['scale'],
+                                meta['elapsed_s']),
+          '',
+          '| ' + ' | '.join(HEADER) + ' |',
+          '|' + '---|' * len(HEADER)]
+    for c in cells:
+        md.append('| ' + ' | '.join(v.replace('|', '\\|') for v in c) + ' |')
+    md += ['', 'Values are medians ± median absolute deviation.  Overhead = '
+           'traced / untraced CPU time in one process (back-to-back pairs); '
+           'memory per block = growth for 1M live str objects / 1M; scaling '
+           '= wall-time throughput of N isolated subinterpreters in N '
+           'threads.  See `Tools/tracemalloc/bench.py --help`.']
+    notes = [r for r in bench.rows if r['note'] and r['note'] != 'error']
+    if notes or bench.notes or bench.errors:
+        md += ['', '## Notes', '']
+        md += ['- %s: %s' % (r['metric'], r['note']) for r in notes]
+        md += ['- %s' % n for n in bench.notes]
+        md += ['- ERROR %s' % e.replace('\n', '\n  ') for e in bench.errors]
+    return '\n'.join(md) + '\n'
+
+
+def version_of(python):
+    try:
+        return subprocess.run([python, '-VV'], capture_output=True, text=True,
+                              env=child_env(), timeout=60).stdout.strip()
+    except OSError as exc:
+        return 'unavailable: %s' % exc
+
+
+def loadavg():
+    try:
+        return '%.2f' % os.getloadavg()[0]
+    except OSError:
+        return '?'
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        epilog=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--fork', required=True, help='the fork interpreter')
+    p.add_argument('--upstream', required=True,
+                   help='the unpatched base interpreter')
+    p.add_argument('--out', default='build/bench',
+                   help='directory for results.json and results.md '
+                   '(default: %(default)s)')
+    p.add_argument('--quick', action='store_true',
+                   help='smoke test: 2 repetitions, smaller workloads')
+    p.add_argument('--reps', type=int,
+                   help='repetitions: untraced rounds and overhead pairs '
+                   '(default 5, 2 with --quick)')
+    p.add_argument('--only', metavar='NAME[,NAME...]',
+                   help='run only these sections (%s) and/or workloads (%s); '
+                   'naming only workloads runs untraced, overhead and scaling '
+                   'with them' % (', '.join(SECTIONS), ', '.join(WORKLOAD_NAMES)))
+    a = p.parse_args(argv)
+    if a.reps is None:
+        a.reps = 2 if a.quick else 5
+    if a.reps < 1:
+        p.error('--reps must be >= 1')
+    a.scale = 0.4 if a.quick else 1.0
+    a.mem_reps = 1 if a.quick else 3
+    a.scaling_reps = 1 if a.quick else 3
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:
+        ncpu = os.cpu_count() or 1
+    a.nproc = ncpu
+    a.nmax = max(2, ncpu)
+    a.names, a.sections = list(WORKLOAD_NAMES), list(SECTIONS)
+    if a.only:
+        only = [s.strip() for s in a.only.split(',') if s.strip()]
+        bad = [s for s in only if s not in SECTIONS + WORKLOAD_NAMES]
+        if bad:
+            p.error('--only: unknown name(s) %s' % ', '.join(bad))
+        names = [s for s in only if s in WORKLOAD_NAMES]
+        sections = [s for s in only if s in SECTIONS]
+        a.names = names or a.names
+        a.sections = sections or ['untraced', 'overhead', 'scaling']
+    for path in (a.fork, a.upstream):
+        if not os.access(path, os.X_OK):
+            p.error('not an executable: %s' % path)
+    return a
+
+
+def main(argv):
+    if argv[:1] == ['--child']:
+        child_main(argv[1], argv[2])
+        return 0
+    args = parse_args(argv)
+    sys.stdout.reconfigure(errors='backslashreplace')
+    meta = {
+        'date': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+        'command': ' '.join(shlex.quote(x) for x in
+                            ['python3', os.path.relpath(__file__)] + argv),
+        'fork': args.fork, 'upstream': args.upstream,
+        'fork_version': version_of(args.fork),
+        'upstream_version': version_of(args.upstream),
+        'driver': sys.version.split()[0],
+        'platform': platform.platform(), 'nproc': args.nproc,
+        'loadavg_start': loadavg(), 'reps': args.reps,
+        'quick': args.quick,
+        'mem_reps': args.mem_reps, 'scaling_reps': args.scaling_reps,
+        'scale': args.scale, 'workloads': args.names,
+        'sections': args.sections, 'clock': 'process_time (scaling: wall)',
+    }
+    bench = Bench(args)
+    bench.run()
+    meta['loadavg_end'] = loadavg()
+    busy = [x for x in (meta['loadavg_start'], meta['loadavg_end'])
+            if x != '?' and float(x) > 0.5 * args.nproc]
+    if busy:
+        bench.notes.append('machine busy (load average %s -> %s on %d CPUs): '
+                           'timings are noisy and the scaling figures '
+                           'understate what the fork can do' % (
+                               meta['loadavg_start'], meta['loadavg_end'],
+                               args.nproc))
+    meta['elapsed_s'] = round(bench.elapsed, 1)
+
+    table = text_table(bench.rows)
+    print()
+    print('fork:     %s\nupstream: %s' % (meta['fork_version'],
+                                          meta['upstream_version']))
+    print('medians ± median absolute deviation; %d reps; load average %s '
+          '-> %s; %.0f s\n' % (args.reps, meta['loadavg_start'],
+                               meta['loadavg_end'], bench.elapsed))
+    print(table)
+    for r in bench.rows:
+        if r['note'] and r['note'] != 'error':
+            print('note: %s: %s' % (r['metric'], r['note']))
+    for n in bench.notes:
+        print('note: %s' % n)
+    missed = [r['metric'] for r in bench.rows if r['met'] is False]
+    print('\ntargets: %d met, %d missed; %d measurement(s) failed' % (
+        sum(r['met'] is True for r in bench.rows), len(missed),
+        len(bench.errors)))
+    for e in bench.errors:
+        print('ERROR %s' % e, file=sys.stderr)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'results.json'), 'w',
+              encoding='utf-8') as f:
+        json.dump({'meta': meta, 'rows': bench.rows, 'notes': bench.notes,
+                   'errors': bench.errors,
+                   'raw': bench.raw}, f, indent=1)
+        f.write('\n')
+    with open(os.path.join(args.out, 'results.md'), 'w',
+              encoding='utf-8') as f:
+        f.write(markdown(bench, meta))
+    print('wrote %s and %s' % (os.path.join(args.out, 'results.json'),
+                               os.path.join(args.out, 'results.md')))
+    return 1 if bench.errors else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
