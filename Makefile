@@ -95,8 +95,9 @@ build: configure
 	@$(B)/python -VV
 
 # The suite: upstream's tests of tracemalloc and its neighbours, plus ours.
+FORK_TESTS := $(notdir $(basename $(wildcard Lib/test/test_tracemalloc_*.py)))
 TESTS ?= test_tracemalloc test_embed test_capi test_interpreters \
-	test__interpreters $(notdir $(basename $(wildcard Lib/test/test_tracemalloc_*.py)))
+	test__interpreters $(FORK_TESTS)
 test: VARIANT_TEST = $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),debug)
 test:
 	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_TEST)
