@@ -1120,6 +1120,9 @@ class TestCAPIIsolated(CAPITests, SubinterpreterTestCase):
 class TestCAPILegacy(CAPITests, SubinterpreterTestCase):
     config = 'legacy'
 
+    @unittest.skipIf(support.Py_GIL_DISABLED,
+                     "the free-threaded build loads no single-phase init "
+                     "module in a subinterpreter")
     def test_testcapi_helpers_in_legacy_sub(self):
         # _testcapi is a single-phase init module: legacy subs only
         result = self.run_in(self.sub, """
