@@ -71,7 +71,7 @@ typedef struct tracemalloc_traces traces_t;
    so the capture cache keeps line numbers per (code object, instruction)
    and the key of the last traceback captured.  Both are keyed by code
    object addresses, and are valid only while state->code_epoch is the
-   value they were filled with: a code watcher bumps it whenever a code
+   value they were filled with: code_dealloc() bumps it whenever a code
    object dies, before its address can be reused. */
 
 #define LINE_CACHE_SIZE 4096    /* a power of two */
@@ -863,7 +863,7 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
     }
     capture_cache_t *cache = state->cache;
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
-    int use_cache = take_refs && state->code_watcher != 0;
+    int use_cache = take_refs;
     int total;
     int nframe = capture_keys(tstate, state->max_nframe, cache->keys, &total);
     if (nframe == 0) {
@@ -1445,16 +1445,14 @@ tables_swap(tm_state_t *state, tables_t *tables, int session)
 }
 
 
-/* A code object of the interpreter is dying: its address may be reused by
-   another one, so what the capture cache holds is no longer valid. */
-static int
-code_watcher(PyCodeEvent event, PyCodeObject *Py_UNUSED(co))
+/* A code object of the calling interpreter is dying: its address may be
+   reused by another one, so what the capture cache holds is no longer
+   valid.  Called for every interpreter, tracing or not: it is cheap. */
+void
+_PyTraceMalloc_ForgetCode(void)
 {
-    if (event == PY_CODE_EVENT_DESTROY) {
-        tm_state_t *state = interp_state(_PyInterpreterState_GET());
-        _Py_atomic_add_uint64(&state->code_epoch, 1);
-    }
-    return 0;
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    _Py_atomic_add_uint64(&state->code_epoch, 1);
 }
 
 
@@ -1514,16 +1512,6 @@ _PyTraceMalloc_Start(int max_nframe)
     }
     lock_state(state);
     tables_swap(state, &tables, 1);
-    if (state->code_watcher == 0) {
-        int id = PyCode_AddWatcher(code_watcher);
-        if (id < 0) {
-            /* all watchers taken: trace without the capture cache */
-            PyErr_Clear();
-        }
-        else {
-            state->code_watcher = id + 1;
-        }
-    }
     state->max_nframe = max_nframe;
     state->traced_memory = 0;
     state->peak_traced_memory = 0;
@@ -1563,11 +1551,6 @@ stop_tracing(tm_state_t *state, int release_filenames)
     lock_state(state);
     _Py_atomic_store_int_relaxed(&state->tracing, 0);
     tables_swap(state, &tables, 1);
-    if (release_filenames && state->code_watcher != 0) {
-        /* release_filenames: the interpreter's thread state is attached */
-        (void)PyCode_ClearWatcher(state->code_watcher - 1);
-        state->code_watcher = 0;
-    }
     state->traced_memory = 0;
     state->peak_traced_memory = 0;
     unlock_state(state);

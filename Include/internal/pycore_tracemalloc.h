@@ -113,15 +113,10 @@ struct _tracemalloc_interp_state {
        neither decoded nor interned again (see Python/tracemalloc.c). */
     struct tracemalloc_capture_cache *cache;
 
-    /* Bumped by a code watcher, atomically and without the mutex, each
-       time a code object of the interpreter dies: the cache is keyed by
-       code object addresses, which may then be reused. */
+    /* Bumped by _PyTraceMalloc_ForgetCode(), atomically and without the
+       mutex, each time a code object of the interpreter dies: the cache is
+       keyed by code object addresses, which may then be reused. */
     uint64_t code_epoch;
-
-    /* The code watcher's id plus one, or 0 if there is none (and then
-       nothing is cached).  Set and cleared in the interpreter's own
-       thread. */
-    int code_watcher;
 
     /* Interned tracebacks and filenames; one reference is the state's. */
     struct tracemalloc_interned *interned;
@@ -221,6 +216,9 @@ extern PyObject* _PyTraceMalloc_GetTracedMemory(void);
 
 /* Set the peak size of traced memory blocks to the current size */
 extern void _PyTraceMalloc_ResetPeak(void);
+
+/* A code object of the calling interpreter is being deallocated */
+extern void _PyTraceMalloc_ForgetCode(void);
 
 /* Forget an interpreter that is being deleted: a safety net for
    interpreters deleted without Py_EndInterpreter(), which stops tracing. */
