@@ -114,9 +114,10 @@ static _Py_thread_local int reentrant = 0;
    tracing.  Never dereferenced before the registry vouches for it. */
 static _Py_thread_local tm_state_t *last_attached = NULL;
 
-/* The block this thread traced last, until it becomes an object (see
-   _PyTraceMalloc_TraceRef()) or is freed: 0 if none. */
-static _Py_thread_local uintptr_t last_traced = 0;
+/* The block this thread allocated last through the hooks, traced there or
+   left untraced (by a snapshot being converted, say), until it becomes an
+   object (see _PyTraceMalloc_TraceRef()) or is freed: 0 if none. */
+static _Py_thread_local uintptr_t last_allocated = 0;
 
 
 /* --- Locks --------------------------------------------------------------- */
@@ -1080,7 +1081,6 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
     lock_state(state);
     if (state->tracing) {
         res = add_trace(state, tstate, 1, domain, ptr, size);
-        last_traced = ptr;
     }
     unlock_state(state);
     return res;
@@ -1137,8 +1137,10 @@ hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
 {
     assert(elsize == 0 || nelem <= SIZE_MAX / elsize);
     if (reentrant) {
-        return use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
-                          : alloc->malloc(alloc->ctx, nelem * elsize);
+        void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
+                               : alloc->malloc(alloc->ctx, nelem * elsize);
+        last_allocated = (uintptr_t)ptr;
+        return ptr;
     }
     reentrant = 1;
     void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
@@ -1150,6 +1152,7 @@ hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
         alloc->free(alloc->ctx, ptr);
         ptr = NULL;
     }
+    last_allocated = (uintptr_t)ptr;
     reentrant = 0;
     return ptr;
 }
@@ -1206,8 +1209,8 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     }
     /* Untrace before freeing, for the reason given in hook_realloc(). */
     if (ntracing_hint() > 0) {
-        if ((uintptr_t)ptr == last_traced) {
-            last_traced = 0;
+        if ((uintptr_t)ptr == last_allocated) {
+            last_allocated = 0;
         }
         (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
     }
@@ -1622,12 +1625,12 @@ _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
     const size_t presize = _PyType_PreHeaderSize(type);
     uintptr_t ptr = (uintptr_t)((char *)op - presize);
 
-    /* Most objects are created right after their memory was allocated and
-       traced by this thread, with no Python code run in between: their
-       trace is already right.  A block that went to a free list on
+    /* Most objects are created right after their memory was allocated by
+       this thread, with no Python code run in between: their trace, or the
+       lack of one, is already right.  A block that went to a free list on
        destruction is the case this function is for. */
-    if (ptr == last_traced) {
-        last_traced = 0;
+    if (ptr == last_allocated) {
+        last_allocated = 0;
         return 0;
     }
     if (event != PyRefTracer_CREATE) {
@@ -1734,8 +1737,10 @@ traceback_to_pyobject(traceback_t *traceback)
             Py_DECREF(frames);
             return NULL;
         }
+        PyObject_GC_UnTrack(frame);     /* a str and an int: no cycle */
         PyTuple_SET_ITEM(frames, i, frame);
     }
+    PyObject_GC_UnTrack(frames);
     return frames;
 }
 
@@ -1816,6 +1821,9 @@ trace_to_pyobject(converter_t *conv, const snapshot_trace_t *trace)
     for (int i = 0; i < 4; i++) {
         PyTuple_SET_ITEM(tuple, i, items[i]);
     }
+    /* Ints and frames cannot make a cycle: keep a million of these tuples
+       out of the garbage collector's way. */
+    PyObject_GC_UnTrack(tuple);
     return tuple;
 }
 
@@ -1838,6 +1846,10 @@ snapshot_to_list(snapshot_t *snapshot)
         Py_CLEAR(list);
         goto done;
     }
+    /* Until it is full, the list is referenced from here only: out of the
+       garbage collector's sight, it is not traversed by every collection
+       that the million allocations below trigger. */
+    PyObject_GC_UnTrack(list);
     for (size_t i = 0; i < snapshot->count; i++) {
         PyObject *tuple = trace_to_pyobject(conv, &snapshot->traces[i]);
         if (tuple == NULL) {
@@ -1845,6 +1857,9 @@ snapshot_to_list(snapshot_t *snapshot)
             break;
         }
         PyList_SET_ITEM(list, (Py_ssize_t)i, tuple);
+    }
+    if (list != NULL) {
+        PyObject_GC_Track(list);
     }
 
 done:
