@@ -7,12 +7,14 @@
 #   make VARIANT=<name>       build one variant into build/<name>/
 #   make bench                build release and upstream, benchmark them (build/bench/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
+#   make sanitize             tracemalloc tests + stress under ASan (VARIANT=tsan: TSan)
 #   make refresh              record edits made in build/src (see README)
 #
 # `make help` lists every target.
 
 VARIANT ?= release
-VARIANTS := release debug ft asan tsan upstream upstream-debug
+VARIANTS := release debug ft asan tsan upstream upstream-debug upstream-ft \
+	upstream-asan upstream-tsan
 JOBS ?= $(shell nproc)
 PYTHON_FOR_TOOLS ?= python3
 
@@ -24,6 +26,9 @@ SRC_asan           := build/src
 SRC_tsan           := build/src
 SRC_upstream       := build/base
 SRC_upstream-debug := build/base
+SRC_upstream-ft    := build/base
+SRC_upstream-asan  := build/base
+SRC_upstream-tsan  := build/base
 
 # configure options per variant.  PGO=1 makes release and upstream PGO+LTO.
 PGO ?=
@@ -37,6 +42,12 @@ CONF_asan           := --with-pydebug --with-address-sanitizer --without-pymallo
 CONF_tsan           := --disable-gil --with-thread-sanitizer
 CC_tsan             := clang
 CC_asan             := gcc
+# upstream-<variant>: the base built exactly like the fork's <variant>
+CONF_upstream-ft    := $(CONF_ft)
+CONF_upstream-asan  := $(CONF_asan)
+CONF_upstream-tsan  := $(CONF_tsan)
+CC_upstream-tsan    := $(CC_tsan)
+CC_upstream-asan    := $(CC_asan)
 
 ifeq ($(filter $(VARIANT),$(VARIANTS)),)
 $(error unknown VARIANT '$(VARIANT)'; valid variants: $(VARIANTS))
@@ -54,7 +65,7 @@ BUILDINFO = $(if $(filter build/src,$(SRC_$(VARIANT))), \
 	GITVERSION="echo $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
 	GITBRANCH="echo $(FORK_TAG)")
 
-.PHONY: all build deps src configure test regress stress bench refresh \
+.PHONY: all build deps src configure test regress stress bench sanitize refresh \
 	status discard fetch clean distclean help
 
 all: build
@@ -64,7 +75,7 @@ endif
 
 help:
 	@sed -n 's/^#   //p' Makefile
-	@echo "targets: all test stress regress bench refresh status discard fetch clean distclean"
+	@echo "targets: all test stress regress bench sanitize refresh status discard fetch clean distclean"
 	@echo "variants (VARIANT=...): $(VARIANTS)"
 
 deps:
@@ -121,13 +132,32 @@ stress:
 	@build/$(VARIANT_STRESS)/python Tools/tracemalloc/stress.py \
 	    --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
 
+# Sanitizer runs (VARIANT=asan, the default, or tsan): the tracemalloc tests
+# and a stress run, failing on any sanitizer report.  Leak reports are off,
+# as in CPython's own CI; TSan uses CPython's suppressions for the
+# free-threaded build and ours (each entry says why it is there).
+SAN_ENV_asan := ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:handle_segv=0
+SAN_ENV_tsan := TSAN_OPTIONS="halt_on_error=0:exitcode=66:suppressions=$(CURDIR)/build/tsan.supp"
+sanitize: VARIANT_SAN = $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),asan)
+sanitize:
+	@case "$(VARIANT_SAN)" in asan|tsan) ;; \
+	    *) echo "make sanitize: VARIANT must be asan or tsan"; exit 2;; esac
+	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_SAN)
+	@cat build/src/Tools/tsan/suppressions_free_threading.txt \
+	    Tools/tsan/tracemalloc_suppressions.txt > build/tsan.supp
+	@$(SAN_ENV_$(VARIANT_SAN)) $(PYTHON_FOR_TOOLS) scripts/run-tests.py \
+	    build/$(VARIANT_SAN)/python test_tracemalloc $(FORK_TESTS)
+	@$(SAN_ENV_$(VARIANT_SAN)) build/$(VARIANT_SAN)/python \
+	    Tools/tracemalloc/stress.py --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+
 # CPython's own tests around tracemalloc, fork vs base built the same way:
-# lists every test that passes on the base but fails on the fork.
+# lists every test that passes on the base but fails on the fork
+# (REGRESS_ARGS=--keep-base reuses the base's report from an earlier run).
 regress:
 	@$(MAKE) --no-print-directory build VARIANT=debug
 	@$(MAKE) --no-print-directory build VARIANT=upstream-debug
 	@$(PYTHON_FOR_TOOLS) scripts/regress.py --fork build/debug/python \
-	    --base build/upstream-debug/python --out build/regress
+	    --base build/upstream-debug/python --out build/regress $(REGRESS_ARGS)
 
 refresh:
 	@$(PYTHON_FOR_TOOLS) scripts/base.py refresh

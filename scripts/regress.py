@@ -53,6 +53,9 @@ def main():
     parser.add_argument('--base', required=True)
     parser.add_argument('--out', default='build/regress')
     parser.add_argument('--jobs', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--keep-base', action='store_true',
+                        help="reuse OUT/base.xml from an earlier run (the "
+                             "base does not change between runs)")
     parser.add_argument('tests', nargs='*', default=DEFAULT_TESTS)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -60,6 +63,10 @@ def main():
     reports = {}
     for label, python in (('base', args.base), ('fork', args.fork)):
         reports[label] = os.path.join(args.out, f'{label}.xml')
+        if label == 'base' and args.keep_base and os.path.exists(
+                reports[label]):
+            print(f'reusing {reports[label]}')
+            continue
         run(python, args.tests, reports[label], args.jobs)
     base = results(reports['base'])
     fork = results(reports['fork'])
