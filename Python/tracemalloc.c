@@ -67,14 +67,19 @@ typedef struct tracemalloc_traces traces_t;
 
 /* Capturing a traceback walks the frames, decodes a line number for each
    one and interns the result.  Decoding (PyCode_Addr2Line()) and interning
-   dominate, and consecutive allocations mostly come from the same frames,
-   so the capture cache keeps line numbers per (code object, instruction)
-   and the key of the last traceback captured.  Both are keyed by code
-   object addresses, and are valid only while state->code_epoch is the
-   value they were filled with: code_dealloc() bumps it whenever a code
-   object dies, before its address can be reused. */
+   dominate, and allocations mostly come from a few places, so the capture
+   cache keeps the interned traceback of each recent key (the (code object,
+   instruction) of its frames and its total number of frames), and line
+   numbers per (code object, instruction) for the tracebacks it misses.
+   Both are keyed by code object addresses, and are valid only while
+   state->code_epoch is the value they were filled with: code_dealloc()
+   bumps it whenever a code object dies, before its address can be
+   reused. */
 
 #define LINE_CACHE_SIZE 4096    /* a power of two */
+/* The traceback cache holds at most this many frame keys in all, and
+   between 16 and 1024 tracebacks (a power of two). */
+#define TRACEBACK_CACHE_KEYS 8192
 
 typedef struct {
     PyCodeObject *code;
@@ -87,15 +92,24 @@ typedef struct {
     uint64_t epoch;
 } line_entry_t;
 
+/* An interned traceback and its key; its frame keys are in tb_keys. */
+typedef struct {
+    traceback_t *traceback;     /* NULL if the entry is empty */
+    uint64_t hash;              /* of the key */
+    uint64_t epoch;
+    uint16_t nframe;
+    uint16_t total;
+} traceback_entry_t;
+
 struct tracemalloc_capture_cache {
     line_entry_t lines[LINE_CACHE_SIZE];
-    /* The last interned traceback captured, or NULL, and its key: its
-       frames, its total number of frames and the epoch. */
-    traceback_t *last;
-    frame_key_t *last_keys;
-    uint16_t last_nframe;
-    uint16_t last_total;
-    uint64_t last_epoch;
+    /* Direct mapped by the hash of the key */
+    traceback_entry_t *tracebacks;
+    uint32_t tb_mask;           /* number of entries - 1 */
+    int tb_shift;               /* 64 - log2(number of entries) */
+    int max_nframe;
+    /* max_nframe frame keys per entry of tracebacks */
+    frame_key_t *tb_keys;
     /* Scratch space for the key of the traceback being captured. */
     frame_key_t *keys;
 };
@@ -107,6 +121,12 @@ typedef struct tracemalloc_capture_cache capture_cache_t;
    asking the raw domain for a large block, say) is the same block, or
    tracemalloc's own, and is not traced again. */
 static _Py_thread_local int reentrant = 0;
+
+/* The block this thread's outermost hook is freeing or reallocating, whose
+   trace that hook already dropped: pymalloc hands a large block to the raw
+   domain, whose hook must not look for the trace again (in every tracing
+   interpreter, under their locks).  NULL if none. */
+static _Py_thread_local void *untraced_block = NULL;
 
 /* The state of the interpreter whose thread state was last seen attached
    in this thread by the hooks: where a block allocated later with no
@@ -329,7 +349,7 @@ home_slot(uintptr_t ptr, uint32_t capacity)
     /* the next 32 bits of the hash, scaled to the capacity */
     uint64_t bits = (hash_window(ptr) >> (32 - SHARD_BITS)) & UINT32_MAX;
     uint64_t home = ((bits * capacity) >> 32)
-                    + ((ptr >> 4) & (WINDOW_SLOTS - 1)) * 2;
+                    + ((ptr >> 4) & (WINDOW_SLOTS - 1)) * 4;
     return (uint32_t)(home < capacity ? home : home % capacity);
 }
 
@@ -341,7 +361,7 @@ displacement(uintptr_t key, uint32_t i, uint32_t capacity)
     return i >= home ? i - home : i + capacity - home;
 }
 
-static slot_t *
+static inline Py_ALWAYS_INLINE slot_t *
 shard_find(shard_t *shard, uintptr_t ptr)
 {
     if (shard->count == 0) {
@@ -424,7 +444,7 @@ shard_grow(shard_t *shard)
 }
 
 /* Remove the slot's key, shifting the keys displaced after it back. */
-static void
+static inline Py_ALWAYS_INLINE void
 shard_remove(shard_t *shard, slot_t *slot)
 {
     uint32_t capacity = shard->capacity;
@@ -536,7 +556,7 @@ traces_prefetch(traces_t *traces, uintptr_t ptr)
 
 /* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
    in *old_size, 0 if it is new, -1 on memory error. */
-static int
+static inline Py_ALWAYS_INLINE int
 traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
            size_t *old_size)
 {
@@ -545,7 +565,7 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
     }
     shard_t *shard = shard_of(traces, ptr);
     /* grow at 85% load */
-    if ((uint64_t)(shard->count + 1) * 20 > (uint64_t)shard->capacity * 17) {
+    if ((uint64_t)(shard->count + 1) * 20 > (uint64_t)shard->capacity * 16) {
         if (shard_grow(shard) < 0) {
             return -1;
         }
@@ -583,7 +603,7 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
 
 /* Remove the trace of ptr.  Return 1 if there was one, storing its size in
    *size, else 0. */
-static int
+static inline Py_ALWAYS_INLINE int
 traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
 {
     shard_t *shard = shard_of(traces, ptr);
@@ -783,44 +803,90 @@ cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
 
 /* Walk the frames of tstate: store the keys of the first max_nframe in
    keys, and return the number stored; *total gets the number of frames,
-   up to UINT16_MAX. */
+   up to UINT16_MAX, and *hash the hash of the whole key. */
 static int
 capture_keys(PyThreadState *tstate, int max_nframe, frame_key_t *keys,
-             int *total)
+             int *total, uint64_t *hash)
 {
     int nframe = 0, count = 0;
+    uint64_t h = 0;
     _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
     for (; pyframe != NULL && count < UINT16_MAX;
          pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
     {
         if (nframe < max_nframe) {
-            keys[nframe].code = _PyFrame_GetCode(pyframe);
-            keys[nframe].lasti = _PyInterpreterFrame_LASTI(pyframe);
+            PyCodeObject *code = _PyFrame_GetCode(pyframe);
+            int lasti = _PyInterpreterFrame_LASTI(pyframe);
+            keys[nframe].code = code;
+            keys[nframe].lasti = lasti;
+            h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
+                * UINT64_C(0x9E3779B97F4A7C15);
             nframe++;
         }
         count++;
     }
     *total = count;
+    *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
     return nframe;
 }
 
-
-static int
-same_as_last(capture_cache_t *cache, int nframe, int total, uint64_t epoch)
+static traceback_entry_t *
+traceback_entry(capture_cache_t *cache, uint64_t hash)
 {
-    if (cache->last == NULL || cache->last_epoch != epoch
-        || cache->last_nframe != nframe || cache->last_total != total)
+    /* the high bits of the hash depend on every bit of the key */
+    return &cache->tracebacks[hash >> cache->tb_shift];
+}
+
+static frame_key_t *
+entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
+{
+    return cache->tb_keys + (entry - cache->tracebacks) * cache->max_nframe;
+}
+
+/* The interned traceback of the key in cache->keys, or NULL. */
+static traceback_t *
+cached_traceback(capture_cache_t *cache, int nframe, int total,
+                 uint64_t hash, uint64_t epoch)
+{
+    traceback_entry_t *entry = traceback_entry(cache, hash);
+    if (entry->traceback == NULL || entry->hash != hash
+        || entry->epoch != epoch || entry->nframe != nframe
+        || entry->total != total)
     {
-        return 0;
+        return NULL;
     }
+    frame_key_t *keys = entry_keys(cache, entry);
     for (int i = 0; i < nframe; i++) {
-        if (cache->keys[i].code != cache->last_keys[i].code
-            || cache->keys[i].lasti != cache->last_keys[i].lasti)
+        if (cache->keys[i].code != keys[i].code
+            || cache->keys[i].lasti != keys[i].lasti)
         {
-            return 0;
+            return NULL;
         }
     }
-    return 1;
+    return entry->traceback;
+}
+
+static void
+cache_traceback(capture_cache_t *cache, traceback_t *traceback, int nframe,
+                int total, uint64_t hash, uint64_t epoch)
+{
+    traceback_entry_t *entry = traceback_entry(cache, hash);
+    memcpy(entry_keys(cache, entry), cache->keys,
+           (size_t)nframe * sizeof(frame_key_t));
+    entry->traceback = traceback;
+    entry->hash = hash;
+    entry->epoch = epoch;
+    entry->nframe = (uint16_t)nframe;
+    entry->total = (uint16_t)total;
+}
+
+/* Forget the cached tracebacks: they were interned in tables being
+   replaced. */
+static void
+forget_cached_tracebacks(capture_cache_t *cache)
+{
+    memset(cache->tracebacks, 0,
+           ((size_t)cache->tb_mask + 1) * sizeof(traceback_entry_t));
 }
 
 
@@ -866,12 +932,18 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
     int use_cache = take_refs;
     int total;
-    int nframe = capture_keys(tstate, state->max_nframe, cache->keys, &total);
+    uint64_t hash;
+    int nframe = capture_keys(tstate, state->max_nframe, cache->keys,
+                              &total, &hash);
     if (nframe == 0) {
         return &runtime_state.empty_traceback;
     }
-    if (use_cache && same_as_last(cache, nframe, total, epoch)) {
-        return cache->last;
+    if (use_cache) {
+        traceback_t *cached = cached_traceback(cache, nframe, total,
+                                               hash, epoch);
+        if (cached != NULL) {
+            return cached;
+        }
     }
 
     traceback_t *traceback = state->traceback;
@@ -888,13 +960,7 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
     }
     traceback_t *result = intern_traceback(state->interned, traceback);
     if (use_cache && result != NULL) {
-        frame_key_t *keys = cache->last_keys;
-        cache->last_keys = cache->keys;
-        cache->keys = keys;
-        cache->last = result;
-        cache->last_nframe = (uint16_t)nframe;
-        cache->last_total = (uint16_t)total;
-        cache->last_epoch = epoch;
+        cache_traceback(cache, result, nframe, total, hash, epoch);
     }
     return result;
 }
@@ -924,7 +990,7 @@ find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
 
 /* Remove the trace of ptr, if the state has one; return 1 if it had,
    storing the block's size in *size. */
-static int
+static inline Py_ALWAYS_INLINE int
 remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
              size_t *size)
 {
@@ -1168,7 +1234,7 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
            is converted, say) must not leave a stale trace. */
         void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
         if (ptr2 != NULL && ptr != NULL && ptr2 != ptr
-            && ntracing_hint() > 0)
+            && ptr != untraced_block && ntracing_hint() > 0)
         {
             (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
         }
@@ -1180,7 +1246,10 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
     size_t old_size = 0;
     int traced = (ptr != NULL && ntracing_hint() > 0
                   && untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &old_size));
+    void *outer = untraced_block;
+    untraced_block = ptr;
     void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
+    untraced_block = outer;
     if (ptr2 == NULL) {
         if (traced) {
             /* The block is unchanged: trace it again (best effort). */
@@ -1207,6 +1276,11 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     if (ptr == NULL) {
         return;
     }
+    if (ptr == untraced_block) {
+        /* the hook of the outer domain dropped its trace already */
+        alloc->free(alloc->ctx, ptr);
+        return;
+    }
     /* Untrace before freeing, for the reason given in hook_realloc(). */
     if (ntracing_hint() > 0) {
         if ((uintptr_t)ptr == last_allocated) {
@@ -1214,7 +1288,10 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
         }
         (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
     }
+    void *outer = untraced_block;
+    untraced_block = ptr;
     alloc->free(alloc->ctx, ptr);
+    untraced_block = outer;
 }
 
 
@@ -1370,18 +1447,38 @@ tables_destroy(tables_t *tables)
 
 static void tables_discard(tables_t *tables);
 
+/* The capture cache, its traceback entries and their keys: one block. */
+static size_t
+capture_cache_size(int max_nframe, size_t *ntracebacks)
+{
+    size_t n = 1024;
+    while (n > 16 && n * (size_t)max_nframe > TRACEBACK_CACHE_KEYS) {
+        n /= 2;
+    }
+    *ntracebacks = n;
+    return (sizeof(capture_cache_t) + n * sizeof(traceback_entry_t)
+            + (n + 1) * (size_t)max_nframe * sizeof(frame_key_t));
+}
+
 static capture_cache_t *
 capture_cache_new(int max_nframe)
 {
-    size_t size = sizeof(capture_cache_t)
-                  + 2 * (size_t)max_nframe * sizeof(frame_key_t);
-    capture_cache_t *cache = raw_malloc(size);
+    size_t n;
+    size_t size = capture_cache_size(max_nframe, &n);
+    capture_cache_t *cache = allocators.raw.calloc(allocators.raw.ctx,
+                                                   1, size);
     if (cache == NULL) {
         return NULL;
     }
-    memset(cache, 0, sizeof(capture_cache_t));
-    cache->keys = (frame_key_t *)(cache + 1);
-    cache->last_keys = cache->keys + max_nframe;
+    cache->tracebacks = (traceback_entry_t *)(cache + 1);
+    cache->tb_mask = (uint32_t)(n - 1);
+    cache->tb_shift = 64;
+    for (size_t i = n; i > 1; i /= 2) {
+        cache->tb_shift--;
+    }
+    cache->max_nframe = max_nframe;
+    cache->tb_keys = (frame_key_t *)(cache->tracebacks + n);
+    cache->keys = cache->tb_keys + n * (size_t)max_nframe;
     return cache;
 }
 
@@ -1442,8 +1539,7 @@ tables_swap(tm_state_t *state, tables_t *tables, int session)
         tables->cache = cache;
     }
     else if (state->cache != NULL) {
-        /* the last traceback was interned in the old tables */
-        state->cache->last = NULL;
+        forget_cached_tracebacks(state->cache);
     }
 }
 
@@ -1621,6 +1717,12 @@ int
 _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
                         void* Py_UNUSED(ignore))
 {
+    if (event != PyRefTracer_CREATE) {
+        /* Forget the block allocated last, which is cheap and safe: its
+           creation, if it is yet to come, takes the slow path below. */
+        last_allocated = 0;
+        return 0;
+    }
     PyTypeObject *type = Py_TYPE(op);
     const size_t presize = _PyType_PreHeaderSize(type);
     uintptr_t ptr = (uintptr_t)((char *)op - presize);
@@ -1631,9 +1733,6 @@ _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
        destruction is the case this function is for. */
     if (ptr == last_allocated) {
         last_allocated = 0;
-        return 0;
-    }
-    if (event != PyRefTracer_CREATE) {
         return 0;
     }
     PyThreadState *tstate = _PyThreadState_GET();
@@ -2172,6 +2271,9 @@ _PyTraceMalloc_GetMemory(void)
         size += traces_memory(state->traces);
         size += _Py_hashtable_size(state->domains);
         _Py_hashtable_foreach(state->domains, add_domain_size, &size);
+        size_t ntracebacks;
+        size += capture_cache_size(state->max_nframe, &ntracebacks);
+        size += TRACEBACK_SIZE(state->max_nframe);
     }
     unlock_state(state);
     return size;
