@@ -1,0 +1,205 @@
+"""Tests for what tracemalloc records of each allocation where a shortcut
+could get it wrong.
+
+The fork caches the traceback captured for each (code object, instruction)
+chain and skips work in the allocator hooks (a large block that pymalloc
+passes on to the raw allocator is untraced once, say).  These tests check
+that the tracebacks and sizes recorded stay exactly what upstream records:
+they pass on the unpatched base too.
+"""
+
+import gc
+import sys
+import tracemalloc
+import unittest
+from test import support
+
+
+def compile_allocator(filename, nlines):
+    """Return a function of one argument i < nlines that allocates a new
+    bytes object (never taken from a free list) on line i + 2 of a code
+    object whose file name is filename."""
+    lines = ['def alloc(i):']
+    for i in range(nlines):
+        lines.append(f'    if i == {i}: return bytes(i + 10)')
+    namespace = {}
+    exec(compile('\n'.join(lines), filename, 'exec'), namespace)
+    return namespace['alloc']
+
+
+def where(obj):
+    """(filename, lineno) of the most recent frame of obj's traceback."""
+    frame = tracemalloc.get_object_traceback(obj)[-1]
+    return (frame.filename, frame.lineno)
+
+
+def call_at_depth(depth, func, *args):
+    """Call func(*args) from depth frames of this function."""
+    if depth <= 1:
+        return func(*args)
+    return call_at_depth(depth - 1, func, *args)
+
+
+def snapshot_tracebacks(filename, i=None):
+    """The tracebacks of the objects that the function compile_allocator()
+    made for filename allocated: alloc(i) only, if i is given."""
+    snapshot = tracemalloc.take_snapshot()
+    return [trace.traceback for trace in snapshot.traces
+            if trace.traceback[-1].filename == filename
+            and trace.traceback[-1].lineno > 1
+            and (i is None or trace.size == sys.getsizeof(bytes(i + 10)))]
+
+
+class TracingTestCase(unittest.TestCase):
+    nframe = 1
+
+    def setUp(self):
+        if tracemalloc.is_tracing():
+            self.skipTest('tracemalloc must be stopped before the test')
+        tracemalloc.start(self.nframe)
+        self.addCleanup(tracemalloc.stop)
+
+
+class CaptureTests(TracingTestCase):
+
+    def test_lines_of_one_code_object(self):
+        alloc = compile_allocator('<lines>', 20)
+        objs = [alloc(i) for i in range(20)]
+        for i, obj in enumerate(objs):
+            self.assertEqual(where(obj), ('<lines>', i + 2))
+
+    def test_same_line_twice(self):
+        alloc = compile_allocator('<twice>', 3)
+        objs = [alloc(1) for _ in range(2)]
+        self.assertEqual(tracemalloc.get_object_traceback(objs[0]),
+                         tracemalloc.get_object_traceback(objs[1]))
+        self.assertEqual(where(objs[0]), ('<twice>', 3))
+
+    def test_total_nframe_follows_depth(self):
+        alloc = compile_allocator('<depth>', 1)
+        objs = [call_at_depth(extra, alloc, 0) for extra in (1, 5, 2, 5, 1)]
+        totals = sorted(traceback.total_nframe
+                        for traceback in snapshot_tracebacks('<depth>', 0))
+        self.assertEqual(len(totals), len(objs))
+        base = totals[0]
+        self.assertEqual(totals, [base, base, base + 1, base + 4, base + 4])
+
+    def test_many_allocation_sites(self):
+        # More sites than the fork's cache has entries: they evict each
+        # other, and each traceback must still be its own.
+        alloc = compile_allocator('<many>', 3000)
+        objs = [alloc(i) for i in range(3000)]
+        for i, obj in enumerate(objs):
+            self.assertEqual(where(obj), ('<many>', i + 2))
+        lines = {traceback[-1].lineno
+                 for traceback in snapshot_tracebacks('<many>')}
+        self.assertEqual(lines, set(range(2, 3002)))
+
+    def test_same_site_after_clear_traces(self):
+        alloc = compile_allocator('<clear>', 2)
+        before = alloc(1)
+        self.assertEqual(where(before), ('<clear>', 3))
+        tracemalloc.clear_traces()
+        self.assertIsNone(tracemalloc.get_object_traceback(before))
+        after = alloc(1)
+        self.assertEqual(where(after), ('<clear>', 3))
+        tracebacks = snapshot_tracebacks('<clear>')
+        self.assertEqual(len(tracebacks), 1)
+        self.assertEqual(tracebacks[0][-1].lineno, 3)
+
+    def test_code_objects_created_and_destroyed(self):
+        # A dead code object's address is soon reused by a new one: what
+        # was cached for the old one must not be reported for the new.
+        for n in range(200):
+            filename = f'<code-{n}>'
+            alloc = compile_allocator(filename, n % 7 + 1)
+            obj = alloc(n % 7)
+            self.assertEqual(where(obj), (filename, n % 7 + 2))
+            del alloc
+            gc.collect()
+
+    def test_generator_resumed_from_different_depths(self):
+        alloc = compile_allocator('<gen>', 1)
+        def gen():
+            while True:
+                yield alloc(0)
+        it = gen()
+        objs = [next(it), call_at_depth(6, next, it)]
+        self.assertEqual(where(objs[0]), ('<gen>', 2))
+        self.assertEqual(where(objs[1]), ('<gen>', 2))
+        totals = sorted(traceback.total_nframe
+                        for traceback in snapshot_tracebacks('<gen>', 0))
+        self.assertEqual(totals[1], totals[0] + 6)
+
+
+class CaptureManyFramesTests(CaptureTests):
+    nframe = 25
+
+    def test_frames_below_the_allocation(self):
+        alloc = compile_allocator('<below>', 1)
+        obj = call_at_depth(3, alloc, 0)
+        frames = tracemalloc.get_object_traceback(obj)
+        self.assertEqual(where(obj), ('<below>', 2))
+        self.assertEqual([frame.filename for frame in frames[-4:-1]],
+                         [__file__] * 3)
+        self.assertEqual(len({frame.lineno for frame in frames[-4:-1]}), 2)
+
+
+class TracebackLimitTests(unittest.TestCase):
+
+    def test_limit_changes_between_sessions(self):
+        alloc = compile_allocator('<limit>', 1)
+        for limit in (1, 3, 1, 25, 2):
+            with self.subTest(limit=limit):
+                tracemalloc.start(limit)
+                try:
+                    obj = call_at_depth(30, alloc, 0)
+                    frames = tracemalloc.get_object_traceback(obj)
+                finally:
+                    tracemalloc.stop()
+                self.assertEqual(len(frames), limit)
+                self.assertEqual(frames[-1].filename, '<limit>')
+
+
+class NestedAllocatorTests(TracingTestCase):
+    """pymalloc hands blocks larger than 512 bytes to the raw allocator:
+    both domains are hooked, and the block is traced once."""
+
+    def traced(self):
+        # The int returned is a new traced block of a few dozen bytes.
+        return tracemalloc.get_traced_memory()[0]
+
+    def test_large_object_freed(self):
+        before = self.traced()
+        data = b'x' * 100_000
+        self.assertAlmostEqual(self.traced() - before, sys.getsizeof(data),
+                               delta=100)
+        del data
+        self.assertLess(self.traced() - before, 100)
+
+    def test_large_object_resized(self):
+        # realloc() of a large block: pymalloc reallocates it in the raw
+        # domain, which may move it.  A stale trace left behind would be
+        # at least the smallest of these sizes.
+        sizes = [10_000, 100_000, 1_000_000, 20_000, 300_000, 10_000]
+        buffer = bytearray()
+        before = self.traced()
+        for size in sizes:
+            buffer[:] = bytes(size)
+            self.assertAlmostEqual(self.traced() - before,
+                                   size, delta=size // 2 + 1000)
+        del buffer
+        self.assertLess(self.traced() - before, 1000)
+
+    def test_many_large_objects(self):
+        before = self.traced()
+        blocks = [bytes(1000 + i) for i in range(1000)]
+        expected = sum(sys.getsizeof(block) for block in blocks)
+        self.assertAlmostEqual(self.traced() - before, expected,
+                               delta=expected // 100)
+        del blocks
+        self.assertLess(self.traced() - before, 1000)
+
+
+if __name__ == "__main__":
+    unittest.main()
