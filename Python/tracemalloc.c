@@ -290,19 +290,23 @@ tracemalloc_clear_filename(void *value)
 /* A table of traces, pointer => (size, traceback): the structure every
    traced allocation and every free goes through.  Open addressing with
    linear probing and Robin Hood insertion, 16-byte slots stored inline (no
-   allocation per trace), split into shards by the pointer's hash so that
-   growing copies one shard at a time and peak memory stays close to the
-   table's size.  A shard grows by a quarter when 85% full: a table holds
-   a trace in 19 to 24 bytes. */
+   allocation per trace) with the distance of their key from its home slot
+   (which Robin Hood compares on every probe), split into shards by the
+   pointer's hash so that growing copies one shard at a time and peak
+   memory stays close to the table's size.  A shard grows by a quarter when
+   80% full: a table holds a trace in 20 to 25 bytes. */
 
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
-#define BIG_SIZE UINT32_MAX     /* the size is in traces->big */
+#define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
+#define DIST_MAX 255                /* the distance is computed */
 
 typedef struct {
     uintptr_t key;              /* ~ptr; 0 if the slot is empty */
-    uint32_t size;              /* size in bytes, or BIG_SIZE */
+    uint32_t size : 24;         /* size in bytes, or BIG_SIZE */
+    uint32_t dist : 8;          /* distance from the home slot, at most
+                                   DIST_MAX: Robin Hood compares them */
     uint32_t traceback;         /* index in interned->by_index */
 } slot_t;
 
@@ -354,11 +358,28 @@ home_slot(uintptr_t ptr, uint32_t capacity)
 }
 
 /* How far the key in slot i is from its home slot. */
-static inline uint32_t
+static uint32_t
 displacement(uintptr_t key, uint32_t i, uint32_t capacity)
 {
     uint32_t home = home_slot(~key, capacity);
     return i >= home ? i - home : i + capacity - home;
+}
+
+/* How far the key of a full slot i is from its home slot: stored unless
+   it is too far. */
+static inline uint32_t
+slot_dist(const slot_t *slot, uint32_t i, uint32_t capacity)
+{
+    if (slot->dist < DIST_MAX) {
+        return slot->dist;
+    }
+    return displacement(slot->key, i, capacity);
+}
+
+static inline void
+slot_set_dist(slot_t *slot, uint32_t dist)
+{
+    slot->dist = dist < DIST_MAX ? dist : DIST_MAX;
 }
 
 static inline Py_ALWAYS_INLINE slot_t *
@@ -376,7 +397,7 @@ shard_find(shard_t *shard, uintptr_t ptr)
             return slot;
         }
         /* Robin Hood: the key would have displaced a nearer one */
-        if (slot->key == 0 || displacement(slot->key, i, capacity) < dist) {
+        if (slot->key == 0 || slot_dist(slot, i, capacity) < dist) {
             return NULL;
         }
         if (++i == capacity) {
@@ -396,13 +417,15 @@ shard_insert_at(shard_t *shard, slot_t entry, uint32_t i, uint32_t dist)
         slot_t *slot = &shard->slots[i];
         if (slot->key == 0) {
             *slot = entry;
+            slot_set_dist(slot, dist);
             shard->count++;
             return;
         }
-        uint32_t d = displacement(slot->key, i, capacity);
+        uint32_t d = slot_dist(slot, i, capacity);
         if (d < dist) {
             slot_t nearer = *slot;
             *slot = entry;
+            slot_set_dist(slot, dist);
             entry = nearer;
             dist = d;
         }
@@ -452,10 +475,12 @@ shard_remove(shard_t *shard, slot_t *slot)
     for (;;) {
         uint32_t j = (i + 1 == capacity) ? 0 : i + 1;
         slot_t *next = &shard->slots[j];
-        if (next->key == 0 || displacement(next->key, j, capacity) == 0) {
+        if (next->key == 0 || next->dist == 0) {
             break;
         }
+        uint32_t dist = slot_dist(next, j, capacity);
         shard->slots[i] = *next;
+        slot_set_dist(&shard->slots[i], dist - 1);
         i = j;
     }
     shard->slots[i].key = 0;
@@ -585,14 +610,14 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
             slot->traceback = traceback;
             return 1;
         }
-        if (slot->key == 0 || displacement(slot->key, i, capacity) < dist) {
+        if (slot->key == 0 || slot_dist(slot, i, capacity) < dist) {
             break;
         }
         if (++i == capacity) {
             i = 0;
         }
     }
-    slot_t entry = {key, 0, traceback};
+    slot_t entry = {.key = key, .traceback = traceback};
     if (slot_set_size(traces, &entry, ptr, size) < 0) {
         return -1;
     }

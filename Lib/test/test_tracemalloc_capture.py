@@ -12,7 +12,7 @@ import gc
 import sys
 import tracemalloc
 import unittest
-from test import support
+from test.support import import_helper
 
 
 def compile_allocator(filename, nlines):
@@ -199,6 +199,58 @@ class NestedAllocatorTests(TracingTestCase):
                                delta=expected // 100)
         del blocks
         self.assertLess(self.traced() - before, 1000)
+
+
+class TrackedSizeTests(TracingTestCase):
+    """Sizes of every magnitude, tracked with the C API with no memory
+    behind them: the fork stores small sizes in the trace itself and the
+    others aside."""
+
+    DOMAIN = 7
+    PTR = 0x7ace0000
+    SIZES = [0, 1, 2**24 - 2, 2**24 - 1, 2**24, 2**24 + 1, 2**31,
+             2**32 - 1, 2**32, 2**32 + 1, 2**40]
+
+    def setUp(self):
+        self.testcapi = import_helper.import_module('_testcapi')
+        super().setUp()
+
+    def track(self, ptr, size, domain=DOMAIN):
+        self.testcapi.tracemalloc_track(domain, ptr, size)
+        self.addCleanup(self.testcapi.tracemalloc_untrack, domain, ptr)
+
+    def domain_sizes(self, domain=DOMAIN):
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.DomainFilter(True, domain)])
+        return sorted(trace.size for trace in snapshot.traces)
+
+    def test_sizes(self):
+        for i, size in enumerate(self.SIZES):
+            self.track(self.PTR + 16 * i, size)
+        self.assertEqual(self.domain_sizes(), sorted(self.SIZES))
+
+    def test_size_replaced(self):
+        # each size replaced by every other: small and large, both ways
+        for old in self.SIZES:
+            for new in self.SIZES:
+                with self.subTest(old=old, new=new):
+                    self.track(self.PTR, old)
+                    self.track(self.PTR, new)
+                    self.assertEqual(self.domain_sizes(), [new])
+                    self.testcapi.tracemalloc_untrack(self.DOMAIN, self.PTR)
+                    self.assertEqual(self.domain_sizes(), [])
+
+    def test_sizes_in_default_domain(self):
+        before = tracemalloc.get_traced_memory()[0]
+        sizes = [2**24 - 1, 2**24, 2**33]
+        for i, size in enumerate(sizes):
+            # the pointers are never dereferenced
+            self.track(self.PTR + 16 * i, size, domain=0)
+        self.assertAlmostEqual(tracemalloc.get_traced_memory()[0] - before,
+                               sum(sizes), delta=1000)
+        for i in range(len(sizes)):
+            self.testcapi.tracemalloc_untrack(0, self.PTR + 16 * i)
+        self.assertLess(tracemalloc.get_traced_memory()[0] - before, 1000)
 
 
 if __name__ == "__main__":
