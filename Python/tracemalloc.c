@@ -299,6 +299,7 @@ tracemalloc_clear_filename(void *value)
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
+#define MAX_LOAD_PERCENT 80
 #define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
 #define DIST_MAX 255                /* the distance is computed */
 
@@ -314,6 +315,7 @@ typedef struct {
     slot_t *slots;
     uint32_t capacity;
     uint32_t count;
+    uint32_t max_count;         /* grow before count exceeds it */
 } shard_t;
 
 struct tracemalloc_traces {
@@ -454,7 +456,8 @@ shard_grow(shard_t *shard)
     if (slots == NULL) {
         return -1;
     }
-    shard_t grown = {slots, (uint32_t)capacity, 0};
+    shard_t grown = {slots, (uint32_t)capacity, 0,
+                     (uint32_t)(capacity * MAX_LOAD_PERCENT / 100)};
     for (uint32_t i = 0; i < shard->capacity; i++) {
         slot_t *slot = &shard->slots[i];
         if (slot->key != 0) {
@@ -538,7 +541,7 @@ traces_find(traces_t *traces, uintptr_t ptr)
 /* Store the size of a slot, in the big table if it does not fit.  On
    memory error, return -1 and leave the slot as it was. */
 static int
-slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
+slot_set_big_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
 {
     if (size < BIG_SIZE) {
         if (slot->size == BIG_SIZE) {
@@ -566,6 +569,16 @@ slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
     return 0;
 }
 
+static inline int
+slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
+{
+    if (size < BIG_SIZE && slot->size != BIG_SIZE) {
+        slot->size = (uint32_t)size;
+        return 0;
+    }
+    return slot_set_big_size(traces, slot, ptr, size);
+}
+
 /* Start loading the slot where ptr goes: its cache miss is what the table
    costs, and it can overlap the capture of the traceback. */
 static inline void
@@ -589,8 +602,7 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
         return -1;  /* its key would be 0, the empty slot */
     }
     shard_t *shard = shard_of(traces, ptr);
-    /* grow at 85% load */
-    if ((uint64_t)(shard->count + 1) * 20 > (uint64_t)shard->capacity * 16) {
+    if (shard->count >= shard->max_count) {
         if (shard_grow(shard) < 0) {
             return -1;
         }
