@@ -411,7 +411,7 @@ shard_find(shard_t *shard, uintptr_t ptr)
 /* Put entry, whose key is not in the shard, at slot i, at distance dist
    from its home slot, where a lookup would stop: shift the nearer keys
    that follow along (Robin Hood).  The shard has room for it. */
-static void
+static inline Py_ALWAYS_INLINE void
 shard_insert_at(shard_t *shard, slot_t entry, uint32_t i, uint32_t dist)
 {
     uint32_t capacity = shard->capacity;
@@ -841,7 +841,7 @@ cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
 /* Walk the frames of tstate: store the keys of the first max_nframe in
    keys, and return the number stored; *total gets the number of frames,
    up to UINT16_MAX, and *hash the hash of the whole key. */
-static int
+static inline int
 capture_keys(PyThreadState *tstate, int max_nframe, frame_key_t *keys,
              int *total, uint64_t *hash)
 {
@@ -881,7 +881,7 @@ entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
 }
 
 /* The interned traceback of the key in cache->keys, or NULL. */
-static traceback_t *
+static inline traceback_t *
 cached_traceback(capture_cache_t *cache, int nframe, int total,
                  uint64_t hash, uint64_t epoch)
 {
@@ -955,34 +955,14 @@ intern_traceback(interned_t *interned, traceback_t *traceback)
 }
 
 
-/* Capture the current traceback of tstate (NULL: none) and intern it.
-   With take_refs == 0, tstate is not attached: reference counts may not be
-   touched, so only filenames already interned are used, and the cache is
-   left alone.  Called with the state's mutex held. */
+/* Build and intern the traceback whose key traceback_new() captured in
+   state->cache->keys; with use_cache, take line numbers from the cache and
+   cache the result. */
 static traceback_t *
-traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
+                uint64_t epoch, int use_cache)
 {
-    if (tstate == NULL) {
-        return &runtime_state.empty_traceback;
-    }
     capture_cache_t *cache = state->cache;
-    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
-    int use_cache = take_refs;
-    int total;
-    uint64_t hash;
-    int nframe = capture_keys(tstate, state->max_nframe, cache->keys,
-                              &total, &hash);
-    if (nframe == 0) {
-        return &runtime_state.empty_traceback;
-    }
-    if (use_cache) {
-        traceback_t *cached = cached_traceback(cache, nframe, total,
-                                               hash, epoch);
-        if (cached != NULL) {
-            return cached;
-        }
-    }
-
     traceback_t *traceback = state->traceback;
     traceback->nframe = (uint16_t)nframe;
     traceback->total_nframe = (uint16_t)total;
@@ -993,13 +973,43 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
             : (unsigned int)Py_MAX(0, PyCode_Addr2Line(
                   key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
         frame->filename = intern_filename(state->interned,
-                                          key.code->co_filename, take_refs);
+                                          key.code->co_filename, use_cache);
     }
     traceback_t *result = intern_traceback(state->interned, traceback);
     if (use_cache && result != NULL) {
         cache_traceback(cache, result, nframe, total, hash, epoch);
     }
     return result;
+}
+
+
+/* Capture the current traceback of tstate (NULL: none) and intern it.
+   With take_refs == 0, tstate is not attached: reference counts may not be
+   touched, so only filenames already interned are used, and the cache is
+   left alone.  Called with the state's mutex held. */
+static inline Py_ALWAYS_INLINE traceback_t *
+traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+{
+    if (tstate == NULL) {
+        return &runtime_state.empty_traceback;
+    }
+    capture_cache_t *cache = state->cache;
+    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
+    int total;
+    uint64_t hash;
+    int nframe = capture_keys(tstate, state->max_nframe, cache->keys,
+                              &total, &hash);
+    if (nframe == 0) {
+        return &runtime_state.empty_traceback;
+    }
+    if (take_refs) {
+        traceback_t *cached = cached_traceback(cache, nframe, total,
+                                               hash, epoch);
+        if (cached != NULL) {
+            return cached;
+        }
+    }
+    return traceback_build(state, nframe, total, hash, epoch, take_refs);
 }
 
 
