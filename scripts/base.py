@@ -25,7 +25,8 @@ Environment:
     BASE_ORIG_TARBALL     offline: path of the orig tarball
     BASE_DEBIAN_TARBALL   offline: path of the matching debian.tar.xz
     DESC                  with refresh: description of a new patch
-    NAME                  with refresh: file name of a new patch
+    NAME                  with refresh: file name of a new patch, or of a
+                          patch of the series that the files join
 """
 
 import argparse
@@ -497,9 +498,13 @@ def refresh(conf):
             slug = os.environ.get('NAME') or \
                 re.sub(r'[^A-Za-z0-9]+', '-', files[0]).strip('-').lower()
             name = slug + ('' if slug.endswith('.patch') else '.patch')
-            rewrite_patch(name, files)
-            with open(SERIES, 'a') as f:
-                f.write(name + '\n')
+            if name in series():
+                # NAME is an existing patch: the files join it
+                rewrite_patch(name, set(patched_files(name)) | set(files))
+            else:
+                rewrite_patch(name, files)
+                with open(SERIES, 'a') as f:
+                    f.write(name + '\n')
         else:
             rewrite_patch(name, set(patched_files(name)) | set(files))
         print(f'patch  patches/{name}: {", ".join(files)}')
