@@ -1,7 +1,7 @@
 """Create and destroy subinterpreters from several threads, without tracemalloc.
 
 Usage: python interp_churn.py [--seconds N] [--threads N]
-                              [--in-step [--intern]]
+                              [--in-step [--intern] | --import MODULE]
 
 Used to check that a ThreadSanitizer report seen in the fork's stress runs
 (make sanitize VARIANT=tsan) reproduces on the upstream base built the same
@@ -15,6 +15,10 @@ legacy in turn), and all of them run the same short code at the same time,
 round after round.  With --intern as well, the code of each round has string
 constants that no interpreter has interned yet (legacy subinterpreters share
 the main interpreter's interned strings).
+
+With --import MODULE, each round every thread creates a new isolated
+subinterpreter, and all of them import MODULE at the same time (the first
+import of an extension module in an interpreter runs its exec function).
 """
 
 import argparse
@@ -98,6 +102,31 @@ def in_step(deadline, nthreads, intern):
     return next(rounds)
 
 
+def import_in_step(deadline, nthreads, module):
+    """The --import mode; return the number of rounds."""
+    rounds = 0
+    while time.monotonic() < deadline:
+        interps = [_interpreters.create('isolated') for _ in range(nthreads)]
+        barrier = threading.Barrier(nthreads)
+
+        def run(interp):
+            barrier.wait()
+            excinfo = _interpreters.exec(interp, f'import {module}')
+            if excinfo is not None:
+                raise RuntimeError(excinfo.errdisplay)
+
+        threads = [threading.Thread(target=run, args=(interp,))
+                   for interp in interps]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for interp in interps:
+            _interpreters.destroy(interp)
+        rounds += 1
+    return rounds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--seconds', type=float, default=30)
@@ -108,12 +137,21 @@ def main():
     parser.add_argument('--intern', action='store_true',
                         help='with --in-step: code with new string '
                              'constants in each round')
+    parser.add_argument('--import', dest='module', metavar='MODULE',
+                        help='each round, new subinterpreters import MODULE '
+                             'at the same time')
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     if args.intern and not args.in_step:
         parser.error('--intern requires --in-step')
+    if args.module and args.in_step:
+        parser.error('--import and --in-step are exclusive')
     if args.in_step:
         rounds = in_step(deadline, args.threads, args.intern)
+        print(f'interp_churn: done, {rounds} rounds')
+        return
+    if args.module:
+        rounds = import_in_step(deadline, args.threads, args.module)
         print(f'interp_churn: done, {rounds} rounds')
         return
     threads = [threading.Thread(target=churn,
