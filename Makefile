@@ -101,6 +101,14 @@ configure: src
 
 build: configure
 	@echo "build $(VARIANT) (log: $(B)/build.log)"
+	@# getbuildinfo.o, which holds the commit python -VV shows, is only
+	@# rebuilt when other objects change: drop it when the commit did.
+	@if [ -n "$(BUILDINFO)" ]; then \
+	    commit=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
+	    [ "$$(cat $(B)/.commit 2>/dev/null)" = "$$commit" ] || \
+	        rm -f $(B)/Modules/getbuildinfo.o; \
+	    echo "$$commit" > $(B)/.commit; \
+	fi
 	@$(MAKE) -C $(B) -j$(JOBS) $(BUILDINFO) > $(B)/build.log 2>&1 || \
 	    { grep -E -B2 -A6 'error|Error' $(B)/build.log | tail -60; exit 1; }
 	@$(B)/python -VV

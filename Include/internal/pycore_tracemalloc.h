@@ -108,9 +108,10 @@ struct _tracemalloc_interp_state {
     /* Buffer into which a traceback is captured before it is interned. */
     struct tracemalloc_traceback *traceback;
 
-    /* Line numbers per (code object, instruction) and the last traceback
-       captured, so that the frames of a traceback that did not change are
-       neither decoded nor interned again (see Python/tracemalloc.c). */
+    /* The interned tracebacks of recent frame chains, and line numbers
+       per (code object, instruction), so that the frames of a traceback
+       seen before are neither decoded nor interned again (see
+       Python/tracemalloc.c). */
     struct tracemalloc_capture_cache *cache;
 
     /* Bumped by _PyTraceMalloc_ForgetCode(), atomically and without the
