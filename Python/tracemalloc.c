@@ -179,6 +179,40 @@ ntracing_hint(void)
     return _Py_atomic_load_ssize_relaxed(&runtime_state.ntracing);
 }
 
+/* A state joins or leaves the registry, and its tracing flag changes with
+   it: the registry's generation is odd meanwhile.  Called with the
+   registry locked. */
+static void
+registry_change_begin(void)
+{
+    _Py_atomic_add_uint64(&runtime_state.generation, 1);
+}
+
+static void
+registry_change_end(void)
+{
+    _Py_atomic_add_uint64(&runtime_state.generation, 1);
+}
+
+/* Is state the only one that traces?  Read without the registry lock, as a
+   seqlock reader: ntracing and the flag of state must be read together, or
+   a state joining or leaving the registry meanwhile could hide another one
+   that traces.  Says no when in doubt. */
+static int
+only_tracer(tm_state_t *state)
+{
+    uint64_t generation =
+        _Py_atomic_load_uint64_acquire(&runtime_state.generation);
+    if (generation & 1) {
+        return 0;
+    }
+    int only = (_Py_atomic_load_ssize_relaxed(&runtime_state.ntracing) == 1
+                && _Py_atomic_load_int_relaxed(&state->tracing));
+    _Py_atomic_fence_acquire();
+    return (only && _Py_atomic_load_uint64_relaxed(&runtime_state.generation)
+                    == generation);
+}
+
 
 /* --- Memory of tracemalloc itself ---------------------------------------- */
 
@@ -1206,17 +1240,15 @@ untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
 {
     PyThreadState *tstate = _PyThreadState_GET();
     tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
-    Py_ssize_t others = ntracing_hint();
     if (own != NULL && state_is_tracing(own)) {
         lock_state(own);
         int found = remove_trace(own, domain, ptr, size);
         unlock_state(own);
-        if (found) {
-            return 1;
+        if (found || only_tracer(own)) {
+            return found;
         }
-        others--;
     }
-    if (others <= 0) {
+    else if (ntracing_hint() == 0) {
         return 0;
     }
 
@@ -1650,7 +1682,9 @@ _PyTraceMalloc_Start(int max_nframe)
         unlock_registry();
         goto done;
     }
+    registry_change_begin();
     if (register_state(state) < 0) {
+        registry_change_end();
         unlock_registry();
         PyErr_NoMemory();
         res = -1;
@@ -1663,6 +1697,7 @@ _PyTraceMalloc_Start(int max_nframe)
     state->peak_traced_memory = 0;
     _Py_atomic_store_int_relaxed(&state->tracing, 1);
     unlock_state(state);
+    registry_change_end();
     int first = (runtime_state.ntracing == 1);
     unlock_registry();
 
@@ -1689,6 +1724,7 @@ stop_tracing(tm_state_t *state, int release_filenames)
         PyMutex_Unlock(&runtime_state.hooks_mutex);
         return;
     }
+    registry_change_begin();
     unregister_state(state);
     int last = (runtime_state.ntracing == 0);
 
@@ -1700,6 +1736,7 @@ stop_tracing(tm_state_t *state, int release_filenames)
     state->traced_memory = 0;
     state->peak_traced_memory = 0;
     unlock_state(state);
+    registry_change_end();
     unlock_registry();
 
     if (last) {
@@ -1740,7 +1777,9 @@ _PyTraceMalloc_Fini(void)
     PyMutex_Lock(&runtime_state.hooks_mutex);
     lock_registry();
     int installed = (runtime_state.ntracing > 0);
+    registry_change_begin();
     _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing, 0);
+    registry_change_end();
     raw_free(runtime_state.tracing);
     runtime_state.tracing = NULL;
     runtime_state.capacity = 0;

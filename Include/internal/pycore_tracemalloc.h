@@ -154,6 +154,10 @@ struct _tracemalloc_runtime_state {
        while there is at least one.  Protected by mutex; ntracing is also
        read without a lock, as a hint, by the hooks. */
     Py_ssize_t ntracing;
+    /* Odd while a state joins or leaves the registry (with its tracing
+       flag).  Changed under mutex, atomically; the hooks read it without a
+       lock to read ntracing and a tracing flag together (a seqlock). */
+    uint64_t generation;
     Py_ssize_t capacity;
     struct _tracemalloc_interp_state **tracing;
 

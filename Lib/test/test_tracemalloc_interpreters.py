@@ -823,6 +823,39 @@ class FreeTests:
                 self.check_untrack_sub_block_from_main(how, main_traces=True)
                 tracemalloc.stop()
 
+    @threading_helper.requires_working_threading()
+    def test_untrack_sub_blocks_while_main_starts_and_stops(self):
+        # Main frees blocks of the sub while another thread of main starts
+        # and stops tracing: a miss in main's own traces, read while main
+        # joins or leaves the tracing interpreters, must not hide the sub's.
+        # (Concurrent only without a GIL; in order otherwise.)
+        nblocks = 3000
+        self.run_in(self.sub, f"""
+            tracemalloc.start()
+            for i in range({nblocks}):
+                _testinternalcapi.tracemalloc_track_rc(
+                    DOMAIN, PTR + 16 * i, 1, ATTACHED)
+            result = domain_size(DOMAIN)
+            """)
+        done = threading.Event()
+
+        def start_and_stop():
+            while not done.is_set():
+                tracemalloc.start()
+                tracemalloc.stop()
+
+        thread = threading.Thread(target=start_and_stop)
+        thread.start()
+        try:
+            for i in range(nblocks):
+                _testinternalcapi.tracemalloc_untrack_rc(
+                    DOMAIN, PTR + 16 * i, ATTACHED)
+        finally:
+            done.set()
+            thread.join()
+        self.assertEqual(self.run_in(self.sub, "result = domain_size(DOMAIN)"),
+                         0)
+
     def test_untrack_sub_block_from_thread_without_tstate(self):
         for main_traces in (False, True):
             with self.subTest(main_traces=main_traces):
