@@ -240,6 +240,31 @@ class TrackedSizeTests(TracingTestCase):
                     self.testcapi.tracemalloc_untrack(self.DOMAIN, self.PTR)
                     self.assertEqual(self.domain_sizes(), [])
 
+    def test_against_a_model(self):
+        # Random tracks and untracks, clustered in address windows as real
+        # blocks are, checked against a dict: the fork's table must find
+        # every pointer it holds through insertions, removals and growth.
+        import random
+        rng = random.Random(5)
+        bases = [rng.randrange(1, 1 << 36) << 4 for _ in range(8)]
+        sizes = (16, 48, 2048, 2**24 - 1, 2**24, 2**33)
+        model = {}
+        for step in range(30_000):
+            if rng.random() < 0.55 or not model:
+                ptr = rng.choice(bases) + 16 * rng.randrange(2048)
+                model[ptr] = rng.choice(sizes)
+                self.testcapi.tracemalloc_track(self.DOMAIN, ptr, model[ptr])
+            else:
+                ptr = rng.choice(list(model))
+                del model[ptr]
+                self.testcapi.tracemalloc_untrack(self.DOMAIN, ptr)
+        self.addCleanup(self.clear_domain, list(model))
+        self.assertEqual(self.domain_sizes(), sorted(model.values()))
+
+    def clear_domain(self, ptrs):
+        for ptr in ptrs:
+            self.testcapi.tracemalloc_untrack(self.DOMAIN, ptr)
+
     def test_sizes_in_default_domain(self):
         before = tracemalloc.get_traced_memory()[0]
         sizes = [2**24 - 1, 2**24, 2**33]
