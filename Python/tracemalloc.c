@@ -105,8 +105,8 @@ struct tracemalloc_capture_cache {
     line_entry_t lines[LINE_CACHE_SIZE];
     /* Direct mapped by the hash of the key */
     traceback_entry_t *tracebacks;
-    uint32_t tb_mask;           /* number of entries - 1 */
-    int tb_shift;               /* 64 - log2(number of entries) */
+    size_t ntracebacks;         /* a power of two */
+    int tb_shift;               /* 64 - log2(ntracebacks) */
     int max_nframe;
     /* max_nframe frame keys per entry of tracebacks */
     frame_key_t *tb_keys;
@@ -957,7 +957,7 @@ static void
 forget_cached_tracebacks(capture_cache_t *cache)
 {
     memset(cache->tracebacks, 0,
-           ((size_t)cache->tb_mask + 1) * sizeof(traceback_entry_t));
+           cache->ntracebacks * sizeof(traceback_entry_t));
 }
 
 
@@ -1526,15 +1526,22 @@ tables_destroy(tables_t *tables)
 
 static void tables_discard(tables_t *tables);
 
-/* The capture cache, its traceback entries and their keys: one block. */
+/* The number of tracebacks the capture cache holds. */
 static size_t
-capture_cache_size(int max_nframe, size_t *ntracebacks)
+traceback_cache_entries(int max_nframe)
 {
     size_t n = 1024;
     while (n > 16 && n * (size_t)max_nframe > TRACEBACK_CACHE_KEYS) {
         n /= 2;
     }
-    *ntracebacks = n;
+    return n;
+}
+
+/* The capture cache, its traceback entries and their keys: one block. */
+static size_t
+capture_cache_size(int max_nframe)
+{
+    size_t n = traceback_cache_entries(max_nframe);
     return (sizeof(capture_cache_t) + n * sizeof(traceback_entry_t)
             + (n + 1) * (size_t)max_nframe * sizeof(frame_key_t));
 }
@@ -1542,15 +1549,14 @@ capture_cache_size(int max_nframe, size_t *ntracebacks)
 static capture_cache_t *
 capture_cache_new(int max_nframe)
 {
-    size_t n;
-    size_t size = capture_cache_size(max_nframe, &n);
-    capture_cache_t *cache = allocators.raw.calloc(allocators.raw.ctx,
-                                                   1, size);
+    capture_cache_t *cache = allocators.raw.calloc(
+        allocators.raw.ctx, 1, capture_cache_size(max_nframe));
     if (cache == NULL) {
         return NULL;
     }
+    size_t n = traceback_cache_entries(max_nframe);
     cache->tracebacks = (traceback_entry_t *)(cache + 1);
-    cache->tb_mask = (uint32_t)(n - 1);
+    cache->ntracebacks = n;
     cache->tb_shift = 64;
     for (size_t i = n; i > 1; i /= 2) {
         cache->tb_shift--;
@@ -2357,8 +2363,7 @@ _PyTraceMalloc_GetMemory(void)
         size += traces_memory(state->traces);
         size += _Py_hashtable_size(state->domains);
         _Py_hashtable_foreach(state->domains, add_domain_size, &size);
-        size_t ntracebacks;
-        size += capture_cache_size(state->max_nframe, &ntracebacks);
+        size += capture_cache_size(state->max_nframe);
         size += TRACEBACK_SIZE(state->max_nframe);
     }
     unlock_state(state);
