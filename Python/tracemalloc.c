@@ -1234,7 +1234,11 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
 }
 
 /* Drop the trace of a block from the interpreter that owns it, if any.
-   Return 1 if one did, storing the block's size in *size. */
+   Two interpreters may trace the same block, one of them wrongly: a block
+   tracked with the C API and freed without being untracked, its address
+   reused.  The caller's interpreter is asked first, or with no thread state
+   attached, the one a block allocated there would go to; the other keeps
+   its trace.  Return 1 if one did, storing the block's size in *size. */
 static int
 untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
 {
@@ -1255,6 +1259,15 @@ untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
     /* Allocated by another interpreter, or by nobody that traces. */
     int found = 0;
     lock_registry();
+    if (own == NULL) {
+        PyThreadState *frames_of;
+        own = unattached_owner(&frames_of);
+        if (own != NULL) {
+            lock_state(own);
+            found = remove_trace(own, domain, ptr, size);
+            unlock_state(own);
+        }
+    }
     for (Py_ssize_t i = 0; i < runtime_state.ntracing && !found; i++) {
         tm_state_t *state = runtime_state.tracing[i];
         if (state == own) {

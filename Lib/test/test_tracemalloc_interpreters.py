@@ -897,6 +897,51 @@ class FreeTests:
         self.assertEqual(domain_size(DOMAIN), 0)
         self.assertTotalsAgree(traced_totals())
 
+    def check_untrack_block_both_trace(self, how, main_first):
+        # The sub and main both trace (DOMAIN, PTR) (one trace is stale: a
+        # block freed without being untracked, its address reused).  An
+        # untrack takes the trace of the interpreter the caller runs in, or
+        # with no thread state attached, last ran in; the other one stays.
+        if main_first:
+            tracemalloc.start()
+        self.run_in(self.sub, "tracemalloc.start()")
+        if not main_first:
+            tracemalloc.start()
+        self.assertEqual(self.sub_track(), 0)
+        self.assertEqual(
+            _testinternalcapi.tracemalloc_track_rc(DOMAIN, PTR, SIZE), 0)
+
+        self.assertEqual(
+            _testinternalcapi.tracemalloc_untrack_rc(DOMAIN, PTR, how), 0)
+        self.assertIsNone(
+            _testinternalcapi._PyTraceMalloc_GetTraceback(DOMAIN, PTR))
+        self.assertEqual(domain_size(DOMAIN), 0)
+        size, traceback, totals = self.sub_figures()
+        self.assertEqual(size, SIZE)
+        self.assertIsNotNone(traceback)
+
+        # and the same from the sub
+        self.assertEqual(
+            _testinternalcapi.tracemalloc_track_rc(DOMAIN, PTR, SIZE), 0)
+        self.assertEqual(self.run_in(self.sub, """
+            result = _testinternalcapi.tracemalloc_untrack_rc(DOMAIN, PTR, how)
+            """, how=how), 0)
+        size, traceback, totals = self.sub_figures()
+        self.assertEqual((size, traceback), (0, None))
+        self.assertEqual(domain_size(DOMAIN), SIZE)
+        self.assertTotalsAgree(totals)
+        self.assertTotalsAgree(traced_totals())
+
+    def test_untrack_block_both_trace(self):
+        for how in (ATTACHED, DETACHED):
+            for main_first in (True, False):
+                with self.subTest(how=how, main_first=main_first):
+                    try:
+                        self.check_untrack_block_both_trace(how, main_first)
+                    finally:
+                        tracemalloc.stop()
+                        self.run_in(self.sub, "tracemalloc.stop()")
+
     def test_untrack_in_untraced_interpreter_of_untracked_block(self):
         # nobody has the block: "not tracing" is about the caller
         self.run_in(self.sub, "tracemalloc.start()")
