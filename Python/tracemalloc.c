@@ -328,12 +328,15 @@ tracemalloc_clear_filename(void *value)
    (which Robin Hood compares on every probe), split into shards by the
    pointer's hash so that growing copies one shard at a time and peak
    memory stays close to the table's size.  A shard grows by a quarter when
-   80% full: a table holds a trace in 20 to 25 bytes. */
+   80% full: a table holds a trace in 20 to 25 bytes.  Small shards grow by
+   several quarters at once, up to twice their size: copying them over and
+   over would cost more than the memory saved. */
 
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
 #define MAX_LOAD_PERCENT 80
+#define SMALL_SHARD_CAPACITY 4096   /* grows to twice its size at most */
 #define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
 #define DIST_MAX 255                /* the distance is computed */
 
@@ -477,11 +480,21 @@ shard_insert(shard_t *shard, slot_t entry)
     shard_insert_at(shard, entry, home_slot(~entry.key, shard->capacity), 0);
 }
 
+static uint64_t
+next_capacity(uint64_t capacity)
+{
+    return Py_MAX(MIN_SHARD_CAPACITY, capacity + capacity / 4 + 1);
+}
+
 static int
 shard_grow(shard_t *shard)
 {
-    uint64_t capacity = shard->capacity;
-    capacity = Py_MAX(MIN_SHARD_CAPACITY, capacity + capacity / 4 + 1);
+    uint64_t capacity = next_capacity(shard->capacity);
+    while (capacity < SMALL_SHARD_CAPACITY
+           && capacity < 2 * (uint64_t)shard->capacity)
+    {
+        capacity = next_capacity(capacity);
+    }
     if (capacity > UINT32_MAX) {
         return -1;
     }
