@@ -336,7 +336,7 @@ tracemalloc_clear_filename(void *value)
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
 #define MAX_LOAD_PERCENT 80
-#define SMALL_SHARD_CAPACITY 4096   /* grows to twice its size at most */
+#define SMALL_SHARD_CAPACITY 4096   /* below it, grow to about twice the size */
 #define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
 #define DIST_MAX 255                /* the distance is computed */
 
