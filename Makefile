@@ -103,7 +103,7 @@ build: configure
 	@echo "build $(VARIANT) (log: $(B)/build.log)"
 	@# getbuildinfo.o, which holds the commit python -VV shows, is only
 	@# rebuilt when other objects change: drop it when the commit did.
-	@if [ -n "$(BUILDINFO)" ]; then \
+	@if [ -n "$(filter build/src,$(SRC_$(VARIANT)))" ]; then \
 	    commit=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
 	    [ "$$(cat $(B)/.commit 2>/dev/null)" = "$$commit" ] || \
 	        rm -f $(B)/Modules/getbuildinfo.o; \
