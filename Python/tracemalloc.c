@@ -355,9 +355,16 @@ typedef struct {
     uint32_t max_count;         /* grow before count exceeds it */
 } shard_t;
 
+/* The traces the allocator hooks added last, newest first, are kept out of
+   the shards: a block freed soon after it was allocated, as temporary
+   objects are, is then neither inserted into nor removed from a shard.
+   The occupied entries come first; their sizes are below BIG_SIZE. */
+#define NRECENT 4
+
 struct tracemalloc_traces {
+    slot_t recent[NRECENT];
     shard_t shards[NSHARDS];
-    size_t count;
+    size_t count;               /* the recent traces included */
     /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
     _Py_hashtable_t *big;
 };
@@ -578,10 +585,39 @@ slot_size(traces_t *traces, const slot_t *slot)
     return (size_t)_Py_hashtable_get(traces->big, TO_PTR(~slot->key));
 }
 
+/* The recent trace of ptr, or NULL. */
+static inline slot_t *
+recent_find(traces_t *traces, uintptr_t ptr)
+{
+    uintptr_t key = ~ptr;
+    for (int i = 0; i < NRECENT; i++) {
+        if (traces->recent[i].key == key) {
+            return &traces->recent[i];
+        }
+    }
+    return NULL;
+}
+
+/* Remove a recent trace, keeping the others first. */
+static inline void
+recent_remove(traces_t *traces, slot_t *slot)
+{
+    slot_t *last = &traces->recent[NRECENT - 1];
+    for (; slot < last; slot++) {
+        slot[0] = slot[1];
+    }
+    last->key = 0;
+    traces->count--;
+}
+
 /* Find the trace of ptr: return its slot, or NULL. */
-static slot_t *
+static inline slot_t *
 traces_find(traces_t *traces, uintptr_t ptr)
 {
+    slot_t *slot = recent_find(traces, ptr);
+    if (slot != NULL) {
+        return slot;
+    }
     return shard_find(shard_of(traces, ptr), ptr);
 }
 
@@ -639,10 +675,10 @@ traces_prefetch(traces_t *traces, uintptr_t ptr)
 #endif
 }
 
-/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
-   in *old_size, 0 if it is new, -1 on memory error. */
+/* Set the trace of ptr in the shards.  Return 1 if it replaced one,
+   storing the old size in *old_size, 0 if it is new, -1 on memory error. */
 static inline Py_ALWAYS_INLINE int
-traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+shards_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
            size_t *old_size)
 {
     if (ptr == UINTPTR_MAX) {
@@ -685,11 +721,92 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
     return 0;
 }
 
+/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
+   in *old_size, 0 if it is new, -1 on memory error. */
+static int
+traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+           size_t *old_size)
+{
+    slot_t *slot = recent_find(traces, ptr);
+    if (slot != NULL) {
+        if (size < BIG_SIZE) {
+            *old_size = slot->size;
+            slot->size = (uint32_t)size;
+            slot->traceback = traceback;
+            return 1;
+        }
+        slot_t was = *slot;
+        recent_remove(traces, slot);
+        if (shards_set(traces, ptr, size, traceback, old_size) < 0) {
+            /* put it back, after the others: there is room now */
+            slot = traces->recent;
+            while (slot->key != 0) {
+                slot++;
+            }
+            *slot = was;
+            traces->count++;
+            return -1;
+        }
+        *old_size = was.size;
+        return 1;
+    }
+    return shards_set(traces, ptr, size, traceback, old_size);
+}
+
+/* Add the trace of a block fresh from the allocator, which has none (see
+   NRECENT): the oldest recent trace, if there is no room, goes to the
+   shards.  Return 0, or 1 if it replaced a trace of the shards (a stale
+   one: its block was freed untraced), storing that trace's size in
+   *old_size; -1 on memory error. */
+static inline Py_ALWAYS_INLINE int
+traces_add_fresh(traces_t *traces, uintptr_t ptr, size_t size,
+                 uint32_t traceback, size_t *old_size)
+{
+    if (size >= BIG_SIZE || ptr == UINTPTR_MAX) {
+        return traces_set(traces, ptr, size, traceback, old_size);
+    }
+    slot_t *recent = traces->recent;
+    int res = 0;
+    if (recent[NRECENT - 1].key != 0) {
+        slot_t oldest = recent[NRECENT - 1];
+        res = shards_set(traces, ~oldest.key, oldest.size, oldest.traceback,
+                         old_size);
+        if (res < 0) {
+            return -1;
+        }
+        traces->count--;
+    }
+    for (int i = NRECENT - 1; i > 0; i--) {
+        recent[i] = recent[i - 1];
+    }
+    recent[0] = (slot_t){.key = ~ptr, .size = (uint32_t)size,
+                         .traceback = traceback};
+    traces->count++;
+    return res;
+}
+
+/* Start loading the slot where the trace that the next traces_add_fresh()
+   moves to the shards goes. */
+static inline void
+traces_prefetch_fresh(traces_t *traces)
+{
+    uintptr_t key = traces->recent[NRECENT - 1].key;
+    if (key != 0) {
+        traces_prefetch(traces, ~key);
+    }
+}
+
 /* Remove the trace of ptr.  Return 1 if there was one, storing its size in
    *size, else 0. */
 static inline Py_ALWAYS_INLINE int
 traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
 {
+    slot_t *recent = recent_find(traces, ptr);
+    if (recent != NULL) {
+        *size = recent->size;
+        recent_remove(traces, recent);
+        return 1;
+    }
     shard_t *shard = shard_of(traces, ptr);
     slot_t *slot = shard_find(shard, ptr);
     if (slot == NULL) {
@@ -1105,14 +1222,20 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 }
 
 
+/* Trace a block.  With fresh != 0, the block was just allocated by the
+   hooks' allocator, so it has no trace yet (see NRECENT). */
 static int
 add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
-          unsigned int domain, uintptr_t ptr, size_t size)
+          unsigned int domain, uintptr_t ptr, size_t size, int fresh)
 {
     assert(state->tracing);
 
     traces_t *traces = get_traces_table(state, domain);
-    if (traces != NULL) {
+    fresh = fresh && domain == DEFAULT_DOMAIN;
+    if (fresh) {
+        traces_prefetch_fresh(traces);
+    }
+    else if (traces != NULL) {
         traces_prefetch(traces, ptr);
     }
     traceback_t *traceback = traceback_new(state, tstate, take_refs);
@@ -1132,7 +1255,9 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
     }
 
     size_t old_size;
-    int res = traces_set(traces, ptr, size, traceback->index, &old_size);
+    int res = fresh
+        ? traces_add_fresh(traces, ptr, size, traceback->index, &old_size)
+        : traces_set(traces, ptr, size, traceback->index, &old_size);
     if (res < 0) {
         return -1;
     }
@@ -1200,10 +1325,11 @@ unattached_owner(PyThreadState **frames_of)
     return NULL;
 }
 
-/* Trace a block allocated with no attached thread state.  Return -2 if no
-   interpreter takes it. */
+/* Trace a block with no attached thread state (fresh: as for add_trace()).
+   Return -2 if no interpreter takes it. */
 static int
-add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
+add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size,
+                     int fresh)
 {
     if (ntracing_hint() == 0) {
         return -2;
@@ -1215,7 +1341,7 @@ add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
     if (state != NULL) {
         lock_state(state);
         if (state->tracing) {
-            res = add_trace(state, frames_of, 0, domain, ptr, size);
+            res = add_trace(state, frames_of, 0, domain, ptr, size, fresh);
         }
         unlock_state(state);
     }
@@ -1230,7 +1356,7 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
 {
     PyThreadState *tstate = _PyThreadState_GET();
     if (tstate == NULL) {
-        return add_trace_unattached(domain, ptr, size) == -1 ? -1 : 0;
+        return add_trace_unattached(domain, ptr, size, 1) == -1 ? -1 : 0;
     }
     tm_state_t *state = interp_state(tstate->interp);
     last_attached = state;
@@ -1240,7 +1366,7 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
     int res = 0;
     lock_state(state);
     if (state->tracing) {
-        res = add_trace(state, tstate, 1, domain, ptr, size);
+        res = add_trace(state, tstate, 1, domain, ptr, size, 1);
     }
     unlock_state(state);
     return res;
@@ -1885,14 +2011,14 @@ PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
 {
     PyThreadState *tstate = _PyThreadState_GET();
     if (tstate == NULL) {
-        return add_trace_unattached(domain, ptr, size);
+        return add_trace_unattached(domain, ptr, size, 0);
     }
     tm_state_t *state = interp_state(tstate->interp);
     last_attached = state;
     int res = -2;
     lock_state(state);
     if (state->tracing) {
-        res = add_trace(state, tstate, 1, domain, ptr, size);
+        res = add_trace(state, tstate, 1, domain, ptr, size, 0);
     }
     unlock_state(state);
     return res;
@@ -2121,19 +2247,30 @@ interned_put(tm_state_t *state, interned_t *interned)
 
 
 static void
+snapshot_add_slot(snapshot_t *snapshot, interned_t *interned,
+                  traces_t *traces, unsigned int domain, const slot_t *slot)
+{
+    assert(snapshot->count < snapshot->capacity);
+    snapshot_trace_t *trace = &snapshot->traces[snapshot->count++];
+    trace->traceback = interned->by_index[slot->traceback];
+    trace->size = slot_size(traces, slot);
+    trace->domain = domain;
+}
+
+static void
 snapshot_add(snapshot_t *snapshot, interned_t *interned, traces_t *traces,
              unsigned int domain)
 {
+    for (int i = 0; i < NRECENT && traces->recent[i].key != 0; i++) {
+        snapshot_add_slot(snapshot, interned, traces, domain,
+                          &traces->recent[i]);
+    }
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *shard = &traces->shards[i];
         for (uint32_t j = 0; j < shard->capacity; j++) {
             slot_t *slot = &shard->slots[j];
             if (slot->key != 0) {
-                assert(snapshot->count < snapshot->capacity);
-                snapshot_trace_t *trace = &snapshot->traces[snapshot->count++];
-                trace->traceback = interned->by_index[slot->traceback];
-                trace->size = slot_size(traces, slot);
-                trace->domain = domain;
+                snapshot_add_slot(snapshot, interned, traces, domain, slot);
             }
         }
     }

@@ -278,5 +278,106 @@ class TrackedSizeTests(TracingTestCase):
         self.assertLess(tracemalloc.get_traced_memory()[0] - before, 1000)
 
 
+class RecentBlocksTests(TracingTestCase):
+    """The fork keeps the traces of the blocks allocated last aside from its
+    table, as most are freed soon after: they must be found, replaced,
+    removed and listed like any other."""
+
+    def setUp(self):
+        self.testcapi = import_helper.import_module('_testcapi')
+        super().setUp()
+
+    def traced(self):
+        return tracemalloc.get_traced_memory()[0]
+
+    def test_snapshot_lists_block_just_allocated(self):
+        data = bytes(100_000)
+        sizes = [trace.size for trace in tracemalloc.take_snapshot().traces
+                 if trace.traceback[-1].filename == __file__]
+        self.assertIn(sys.getsizeof(data), sizes)
+
+    def test_track_replaces_block_just_allocated(self):
+        before = self.traced()
+        data = bytes(100_000)
+        self.testcapi.tracemalloc_track(0, id(data), 5)
+        self.assertAlmostEqual(self.traced() - before, 5, delta=200)
+        self.assertIsNotNone(tracemalloc.get_object_traceback(data))
+        del data
+        self.assertAlmostEqual(self.traced() - before, 0, delta=200)
+
+    def test_untrack_block_just_allocated(self):
+        before = self.traced()
+        data = bytes(100_000)
+        self.testcapi.tracemalloc_untrack(0, id(data))
+        self.assertIsNone(tracemalloc.get_object_traceback(data))
+        self.assertAlmostEqual(self.traced() - before, 0, delta=200)
+        del data
+        self.assertAlmostEqual(self.traced() - before, 0, delta=200)
+
+    def test_clear_traces_forgets_block_just_allocated(self):
+        data = bytes(100_000)
+        tracemalloc.clear_traces()
+        self.assertIsNone(tracemalloc.get_object_traceback(data))
+        del data
+        self.assertLess(self.traced(), 100_000)
+
+    def test_against_a_model(self):
+        # Real blocks of every size, freed at once, soon or late, in random
+        # order, some of them tracked again with another size: every live
+        # block keeps its traceback and the traced memory follows.  The
+        # model lives in lists allocated beforehand, so that it allocates
+        # nothing itself.
+        import random
+        rng = random.Random(7)
+        namespace = {}
+        exec(compile('def alloc(n): return bytes(n)', '<model>', 'exec'),
+             namespace)
+        alloc = namespace['alloc']
+        sizes = (2, 30, 400, 3000, 70_000)
+        capacity = 2000
+        objs = [None] * capacity
+        tracked = [-1] * capacity   # index in sizes if tracked again
+        count = 0
+
+        def expected():
+            return sum(sys.getsizeof(objs[i]) if tracked[i] < 0
+                       else sizes[tracked[i]] for i in range(count))
+
+        gc.collect()
+        before = self.traced()
+        for step in range(20_000):
+            r = rng.random()
+            if (r < 0.5 or count == 0) and count < capacity:
+                obj = alloc(rng.choice(sizes))
+                if rng.random() < 0.3:
+                    del obj         # freed at once
+                    continue
+                objs[count] = obj
+                tracked[count] = -1
+                count += 1
+                del obj
+            elif r < 0.55:
+                i = rng.randrange(count)
+                tracked[i] = rng.randrange(len(sizes))
+                self.testcapi.tracemalloc_track(0, id(objs[i]),
+                                                sizes[tracked[i]])
+            else:
+                # mostly one of the last ones, as real programs do
+                i = count - 1 - min(int(rng.expovariate(0.5)), count - 1)
+                count -= 1
+                objs[i], tracked[i] = objs[count], tracked[count]
+                objs[count] = None
+            if step % 1000 == 999:
+                for i in range(count):
+                    filename = where(objs[i])[0]
+                    self.assertEqual(filename, '<model>' if tracked[i] < 0
+                                     else __file__)
+                size = expected()
+                self.assertAlmostEqual(self.traced() - before, size,
+                                       delta=1000)
+        objs[:] = [None] * capacity
+        self.assertAlmostEqual(self.traced() - before, 0, delta=1000)
+
+
 if __name__ == "__main__":
     unittest.main()
