@@ -1840,15 +1840,18 @@ _PyTraceMalloc_Start(int max_nframe)
         unlock_registry();
         goto done;
     }
+    /* The state joins the registry and starts tracing at once for those
+       who look at either: see stop_tracing(). */
     registry_change_begin();
+    lock_state(state);
     if (register_state(state) < 0) {
+        unlock_state(state);
         registry_change_end();
         unlock_registry();
         PyErr_NoMemory();
         res = -1;
         goto done;
     }
-    lock_state(state);
     tables_swap(state, &tables, 1);
     state->max_nframe = max_nframe;
     state->traced_memory = 0;
@@ -1882,13 +1885,15 @@ stop_tracing(tm_state_t *state, int release_filenames)
         PyMutex_Unlock(&runtime_state.hooks_mutex);
         return;
     }
-    registry_change_begin();
-    unregister_state(state);
-    int last = (runtime_state.ntracing == 0);
-
+    /* Leave the registry and drop the traces at once, under both locks:
+       an untrack that finds the state gone from the registry (or reads
+       ntracing == 0) must not find its traces afterwards. */
     tables_t tables;
     memset(&tables, 0, sizeof(tables));
+    registry_change_begin();
     lock_state(state);
+    unregister_state(state);
+    int last = (runtime_state.ntracing == 0);
     _Py_atomic_store_int_relaxed(&state->tracing, 0);
     tables_swap(state, &tables, 1);
     state->traced_memory = 0;

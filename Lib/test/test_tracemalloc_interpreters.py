@@ -1333,6 +1333,52 @@ class TestThreadsLegacy(ThreadsTests, SubinterpreterTestCase):
 
 # --- Lifecycle (in a child process) ------------------------------------------
 
+class TestStartStopConcurrently(unittest.TestCase):
+    """stop() is one step for everyone: its interpreter leaves the tracing
+    interpreters and drops its traces at once.  (The threads run at once
+    only without a GIL; in turn otherwise.)"""
+
+    def setUp(self):
+        if tracemalloc.is_tracing():
+            self.skipTest('tracemalloc must be stopped before the test')
+        self.addCleanup(tracemalloc.stop)
+
+    def start_and_stop_meanwhile(self, func):
+        done = threading.Event()
+
+        def start_and_stop():
+            while not done.is_set():
+                tracemalloc.start()
+                tracemalloc.stop()
+
+        thread = threading.Thread(target=start_and_stop)
+        thread.start()
+        try:
+            return func()
+        finally:
+            done.set()
+            thread.join()
+
+    @threading_helper.requires_working_threading()
+    def test_untrack_without_tstate_while_stopping(self):
+        # An untrack with the GIL released that sees main gone from the
+        # tracing interpreters must not leave main's trace visible after.
+        def untrack_all():
+            left = 0
+            for i in range(5000):
+                ptr = PTR + 16 * (i % 64)
+                if _testinternalcapi.tracemalloc_track_rc(
+                        DOMAIN, ptr, 1, ATTACHED) != 0:
+                    continue
+                _testinternalcapi.tracemalloc_untrack_rc(DOMAIN, ptr, DETACHED)
+                if _testinternalcapi._PyTraceMalloc_GetTraceback(
+                        DOMAIN, ptr) is not None:
+                    left += 1
+            return left
+
+        self.assertEqual(self.start_and_stop_meanwhile(untrack_all), 0)
+
+
 class TestLifecycle(unittest.TestCase):
 
     def run_child(self, source):
