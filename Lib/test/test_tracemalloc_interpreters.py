@@ -169,6 +169,25 @@ def run_threads(filename):
     return kept
 
 
+def start_and_stop_meanwhile(func):
+    """Return func(), called while another thread starts and stops tracing
+    in a loop."""
+    done = threading.Event()
+
+    def start_and_stop():
+        while not done.is_set():
+            tracemalloc.start()
+            tracemalloc.stop()
+
+    thread = threading.Thread(target=start_and_stop)
+    thread.start()
+    try:
+        return func()
+    finally:
+        done.set()
+        thread.join()
+
+
 def run_in(interp, source, **shared):
     """Run source in interp, in its __main__ module, and return the value
     (a literal) it assigns to `result`; raise RuntimeError if it fails.
@@ -837,22 +856,13 @@ class FreeTests:
                     DOMAIN, PTR + 16 * i, 1, ATTACHED)
             result = domain_size(DOMAIN)
             """)
-        done = threading.Event()
 
-        def start_and_stop():
-            while not done.is_set():
-                tracemalloc.start()
-                tracemalloc.stop()
-
-        thread = threading.Thread(target=start_and_stop)
-        thread.start()
-        try:
+        def untrack_all():
             for i in range(nblocks):
                 _testinternalcapi.tracemalloc_untrack_rc(
                     DOMAIN, PTR + 16 * i, ATTACHED)
-        finally:
-            done.set()
-            thread.join()
+
+        start_and_stop_meanwhile(untrack_all)
         self.assertEqual(self.run_in(self.sub, "result = domain_size(DOMAIN)"),
                          0)
 
@@ -1343,22 +1353,6 @@ class TestStartStopConcurrently(unittest.TestCase):
             self.skipTest('tracemalloc must be stopped before the test')
         self.addCleanup(tracemalloc.stop)
 
-    def start_and_stop_meanwhile(self, func):
-        done = threading.Event()
-
-        def start_and_stop():
-            while not done.is_set():
-                tracemalloc.start()
-                tracemalloc.stop()
-
-        thread = threading.Thread(target=start_and_stop)
-        thread.start()
-        try:
-            return func()
-        finally:
-            done.set()
-            thread.join()
-
     @threading_helper.requires_working_threading()
     def test_untrack_without_tstate_while_stopping(self):
         # An untrack with the GIL released that sees main gone from the
@@ -1376,7 +1370,7 @@ class TestStartStopConcurrently(unittest.TestCase):
                     left += 1
             return left
 
-        self.assertEqual(self.start_and_stop_meanwhile(untrack_all), 0)
+        self.assertEqual(start_and_stop_meanwhile(untrack_all), 0)
 
 
 class TestLifecycle(unittest.TestCase):
