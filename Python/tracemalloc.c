@@ -735,19 +735,13 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
             slot->traceback = traceback;
             return 1;
         }
-        slot_t was = *slot;
-        recent_remove(traces, slot);
+        /* too big for a recent trace: it moves to the shards */
+        size_t was = slot->size;
         if (shards_set(traces, ptr, size, traceback, old_size) < 0) {
-            /* put it back, after the others: there is room now */
-            slot = traces->recent;
-            while (slot->key != 0) {
-                slot++;
-            }
-            *slot = was;
-            traces->count++;
             return -1;
         }
-        *old_size = was.size;
+        recent_remove(traces, slot);
+        *old_size = was;
         return 1;
     }
     return shards_set(traces, ptr, size, traceback, old_size);
@@ -1224,6 +1218,18 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 
 /* Trace a block.  With fresh != 0, the block was just allocated by the
    hooks' allocator, so it has no trace yet (see NRECENT). */
+/* remove_trace() with the state's mutex taken and released. */
+static int
+remove_trace_locked(tm_state_t *state, unsigned int domain, uintptr_t ptr,
+                    size_t *size)
+{
+    lock_state(state);
+    int found = remove_trace(state, domain, ptr, size);
+    unlock_state(state);
+    return found;
+}
+
+
 static int
 add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
           unsigned int domain, uintptr_t ptr, size_t size, int fresh)
@@ -1297,13 +1303,15 @@ is_registered(tm_state_t *state)
 }
 
 /* The interpreter a block allocated with no attached thread state belongs
-   to (see the comment at the top of the file), or NULL; *frames_of is set
-   to the thread state whose frames make its traceback, or NULL.  Called
-   with the registry locked. */
+   to (see the comment at the top of the file), or NULL; *frames_of, if
+   frames_of is not NULL, is set to the thread state whose frames make its
+   traceback, or NULL.  Called with the registry locked. */
 static tm_state_t *
 unattached_owner(PyThreadState **frames_of)
 {
-    *frames_of = NULL;
+    if (frames_of != NULL) {
+        *frames_of = NULL;
+    }
     if (last_attached != NULL) {
         if (!is_registered(last_attached)) {
             /* that interpreter does not trace, or is gone */
@@ -1311,7 +1319,8 @@ unattached_owner(PyThreadState **frames_of)
         }
         /* The thread state bound to this thread is its own and detached:
            its frames can be read if it belongs to the same interpreter. */
-        PyThreadState *bound = PyGILState_GetThisThreadState();
+        PyThreadState *bound = frames_of ? PyGILState_GetThisThreadState()
+                                         : NULL;
         if (bound != NULL && interp_state(bound->interp) == last_attached) {
             *frames_of = bound;
         }
@@ -1384,9 +1393,7 @@ untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
     PyThreadState *tstate = _PyThreadState_GET();
     tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
     if (own != NULL && state_is_tracing(own)) {
-        lock_state(own);
-        int found = remove_trace(own, domain, ptr, size);
-        unlock_state(own);
+        int found = remove_trace_locked(own, domain, ptr, size);
         if (found || only_tracer(own)) {
             return found;
         }
@@ -1399,22 +1406,16 @@ untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
     int found = 0;
     lock_registry();
     if (own == NULL) {
-        PyThreadState *frames_of;
-        own = unattached_owner(&frames_of);
+        own = unattached_owner(NULL);
         if (own != NULL) {
-            lock_state(own);
-            found = remove_trace(own, domain, ptr, size);
-            unlock_state(own);
+            found = remove_trace_locked(own, domain, ptr, size);
         }
     }
     for (Py_ssize_t i = 0; i < runtime_state.ntracing && !found; i++) {
         tm_state_t *state = runtime_state.tracing[i];
-        if (state == own) {
-            continue;
+        if (state != own) {
+            found = remove_trace_locked(state, domain, ptr, size);
         }
-        lock_state(state);
-        found = remove_trace(state, domain, ptr, size);
-        unlock_state(state);
     }
     unlock_registry();
     return found;
@@ -2045,8 +2046,7 @@ PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr)
         return -2;
     }
     lock_registry();
-    PyThreadState *frames_of;
-    int res = unattached_owner(&frames_of) != NULL ? 0 : -2;
+    int res = unattached_owner(NULL) != NULL ? 0 : -2;
     unlock_registry();
     return res;
 }

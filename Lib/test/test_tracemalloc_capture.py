@@ -305,6 +305,16 @@ class RecentBlocksTests(TracingTestCase):
         del data
         self.assertAlmostEqual(self.traced() - before, 0, delta=200)
 
+    def test_track_block_just_allocated_with_a_big_size(self):
+        before = self.traced()
+        data = bytes(100_000)
+        self.testcapi.tracemalloc_track(0, id(data), 2**33)
+        self.assertAlmostEqual(self.traced() - before, 2**33, delta=200)
+        self.assertIn(2**33, [trace.size for trace
+                              in tracemalloc.take_snapshot().traces])
+        del data
+        self.assertAlmostEqual(self.traced() - before, 0, delta=200)
+
     def test_untrack_block_just_allocated(self):
         before = self.traced()
         data = bytes(100_000)
