@@ -44,6 +44,7 @@ import gc
 import json
 import os
 import random
+import struct
 import sys
 import sysconfig
 import threading
@@ -69,7 +70,7 @@ MAX_REPORTED = 20           # violations reported per round
 # in the free list of whichever thread freed it: a live block, not a stale
 # trace.  The mix never allocates a raw block of that size itself.
 FREE_THREADED = bool(sysconfig.get_config_var('Py_GIL_DISABLED'))
-STACK_CHUNK_SIZE = 2 * 8 + 254 * 8 if sys.maxsize > 2**32 else 2 * 4 + 254 * 4
+STACK_CHUNK_SIZE = (2 + 254) * struct.calcsize('P')    # prev, n, objs[254]
 STACK_CHUNKS_PER_THREAD = 4
 
 
