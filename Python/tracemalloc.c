@@ -322,15 +322,54 @@ tracemalloc_clear_filename(void *value)
 /* --- Traces tables ------------------------------------------------------- */
 
 /* A table of traces, pointer => (size, traceback): the structure every
-   traced allocation and every free goes through.  Open addressing with
-   linear probing and Robin Hood insertion, 16-byte slots stored inline (no
-   allocation per trace) with the distance of their key from its home slot
-   (which Robin Hood compares on every probe), split into shards by the
-   pointer's hash so that growing copies one shard at a time and peak
-   memory stays close to the table's size.  A shard grows by a quarter when
-   80% full: a table holds a trace in 20 to 25 bytes.  Small shards grow by
-   several quarters at once, up to twice their size: copying them over and
-   over would cost more than the memory saved. */
+   traced allocation and every free goes through.
+
+   The allocators return blocks aligned on a grain of two pointers, and
+   pymalloc carves its pools into consecutive blocks, so the live blocks lie
+   close together.  A table keeps the traces of the blocks that start in a
+   window of WINDOW_GRAINS grains of address space in a leaf, one 32-bit
+   entry per grain: the block's place in the window finds its entry, with
+   no key to compare and no probing.  An allocation or a free costs a look
+   up of the leaf and one store, and the traces of neighbouring blocks
+   share cache lines.  The leaves are found through an open addressing
+   table of windows (the last one found is remembered).  A leaf that
+   empties stays where it is, for the blocks allocated there next, until
+   the window table is rebuilt to grow, which drops the empty leaves.  A
+   leaf takes 128 bytes: 12 to 15 bytes per block where small objects lie
+   densely, against 20 to 25 bytes per trace in the spill below.
+
+   An entry packs the size and the traceback index of a trace.  The other
+   traces spill into a second table: blocks not aligned on a grain (which
+   only the C API can track), blocks larger than LEAF_MAX_SIZE (fewer than
+   two per window: a leaf would cost more memory than it saves time),
+   traceback indexes above ENTRY_MAX_TRACEBACK.  A count of the spilled
+   traces by hash of their window tells when a block with no leaf entry
+   cannot be in the spill either, which is nearly always.
+
+   The spill is a hash table with open addressing, linear probing and Robin
+   Hood insertion, 16-byte slots stored inline (no allocation per trace)
+   with the distance of their key from its home slot (which Robin Hood
+   compares on every probe), split into shards by the pointer's hash so
+   that growing copies one shard at a time.  A shard grows by a quarter
+   when 80% full.  Small shards grow by several quarters at once, up to
+   twice their size: copying them over and over would cost more than the
+   memory saved. */
+
+#define GRAIN_SHIFT (SIZEOF_VOID_P == 8 ? 4 : 3)   /* two pointers */
+#define WINDOW_BITS 5
+#define WINDOW_GRAINS (1 << WINDOW_BITS)
+#define WINDOW_SHIFT (GRAIN_SHIFT + WINDOW_BITS)
+#define MIN_WINDOWS_CAPACITY 64     /* a power of two */
+#define MAX_WINDOWS_LOAD_PERCENT 75
+#define ENTRY_SIZE_BITS 10
+#ifdef Py_DEBUG
+/* Low enough for the tests to spill traces for their traceback index */
+#  define ENTRY_MAX_TRACEBACK 1000
+#else
+#  define ENTRY_MAX_TRACEBACK ((UINT32_MAX >> ENTRY_SIZE_BITS) - 1)
+#endif
+#define LEAF_MAX_SIZE 256           /* two blocks or more per window */
+#define SPILLED_BITS 10             /* counters of spilled traces */
 
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
@@ -339,6 +378,17 @@ tracemalloc_clear_filename(void *value)
 #define SMALL_SHARD_CAPACITY 4096   /* below it, grow to about twice the size */
 #define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
 #define DIST_MAX 255                /* the distance is computed */
+
+typedef struct {
+    /* Per grain: the trace of the block that starts there, packed as
+       (traceback + 1) << ENTRY_SIZE_BITS | size, or 0. */
+    uint32_t entries[WINDOW_GRAINS];
+} leaf_t;
+
+typedef struct {
+    uintptr_t window;           /* window_of() a pointer; 0 if empty */
+    leaf_t *leaf;
+} window_slot_t;
 
 typedef struct {
     uintptr_t key;              /* ~ptr; 0 if the slot is empty */
@@ -355,35 +405,33 @@ typedef struct {
     uint32_t max_count;         /* grow before count exceeds it */
 } shard_t;
 
-/* The traces the allocator hooks added last, newest first, are kept out of
-   the shards: a block freed soon after it was allocated, as temporary
-   objects are, is then neither inserted into nor removed from a shard.
-   The occupied entries come first; their sizes are below BIG_SIZE. */
-#define NRECENT 4
-
 struct tracemalloc_traces {
-    slot_t recent[NRECENT];
-    shard_t shards[NSHARDS];
-    size_t count;               /* the recent traces included */
+    /* The leaf used last and its window (0 if none): the next block is
+       mostly in the same window. */
+    uintptr_t last_window;
+    leaf_t *last_leaf;
+    window_slot_t *windows;     /* NULL until the first leaf */
+    uint32_t windows_capacity;  /* a power of two, or 0 */
+    uint32_t nwindows;          /* empty leaves included */
+    size_t count;               /* traces, in the leaves and the spill */
+    shard_t shards[NSHARDS];    /* the spill */
     /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
     _Py_hashtable_t *big;
+    /* Number of traces in the spill, by spilled_count() of their window */
+    uint32_t spilled[1 << SPILLED_BITS];
 };
 
-/* Where a pointer goes.  Blocks allocated one after the other mostly lie
-   next to each other (pymalloc carves pools into consecutive blocks), and
-   are mostly freed together: so pointers within the same window of
-   WINDOW_SLOTS * 16 bytes of address space go to the same shard, to
-   consecutive slots from a base chosen by hashing the window's address.
-   Consecutive allocations and frees then touch the same cache lines
-   instead of one random line each, which is what the table costs. */
-#define WINDOW_BITS 5
-#define WINDOW_SLOTS (1 << WINDOW_BITS)
 
+/* --- The spill: a sharded Robin Hood table --- */
+
+/* Where a pointer goes.  Pointers within the same window go to the same
+   shard, to slots 4 apart from a base chosen by hashing the window's
+   address, so that neighbouring blocks touch neighbouring cache lines. */
 static inline uint64_t
 hash_window(uintptr_t ptr)
 {
     /* Fibonacci hashing: the high bits depend on every bit of the window */
-    return (uint64_t)(ptr >> (WINDOW_BITS + 4)) * UINT64_C(0x9E3779B97F4A7C15);
+    return (uint64_t)(ptr >> WINDOW_SHIFT) * UINT64_C(0x9E3779B97F4A7C15);
 }
 
 static inline shard_t *
@@ -399,7 +447,7 @@ home_slot(uintptr_t ptr, uint32_t capacity)
     /* the next 32 bits of the hash, scaled to the capacity */
     uint64_t bits = (hash_window(ptr) >> (32 - SHARD_BITS)) & UINT32_MAX;
     uint64_t home = ((bits * capacity) >> 32)
-                    + ((ptr >> 4) & (WINDOW_SLOTS - 1)) * 4;
+                    + ((ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)) * 4;
     return (uint32_t)(home < capacity ? home : home % capacity);
 }
 
@@ -428,7 +476,7 @@ slot_set_dist(slot_t *slot, uint32_t dist)
     slot->dist = dist < DIST_MAX ? dist : DIST_MAX;
 }
 
-static inline Py_ALWAYS_INLINE slot_t *
+static slot_t *
 shard_find(shard_t *shard, uintptr_t ptr)
 {
     if (shard->count == 0) {
@@ -455,7 +503,7 @@ shard_find(shard_t *shard, uintptr_t ptr)
 /* Put entry, whose key is not in the shard, at slot i, at distance dist
    from its home slot, where a lookup would stop: shift the nearer keys
    that follow along (Robin Hood).  The shard has room for it. */
-static inline Py_ALWAYS_INLINE void
+static void
 shard_insert_at(shard_t *shard, slot_t entry, uint32_t i, uint32_t dist)
 {
     uint32_t capacity = shard->capacity;
@@ -524,7 +572,7 @@ shard_grow(shard_t *shard)
 }
 
 /* Remove the slot's key, shifting the keys displaced after it back. */
-static inline Py_ALWAYS_INLINE void
+static void
 shard_remove(shard_t *shard, slot_t *slot)
 {
     uint32_t capacity = shard->capacity;
@@ -544,38 +592,6 @@ shard_remove(shard_t *shard, slot_t *slot)
     shard->count--;
 }
 
-
-static traces_t *
-traces_new(void)
-{
-    return allocators.raw.calloc(allocators.raw.ctx, 1, sizeof(traces_t));
-}
-
-static void
-traces_destroy(traces_t *traces)
-{
-    for (int i = 0; i < NSHARDS; i++) {
-        raw_free(traces->shards[i].slots);
-    }
-    if (traces->big != NULL) {
-        _Py_hashtable_destroy(traces->big);
-    }
-    raw_free(traces);
-}
-
-static size_t
-traces_memory(traces_t *traces)
-{
-    size_t size = sizeof(traces_t);
-    for (int i = 0; i < NSHARDS; i++) {
-        size += (size_t)traces->shards[i].capacity * sizeof(slot_t);
-    }
-    if (traces->big != NULL) {
-        size += _Py_hashtable_size(traces->big);
-    }
-    return size;
-}
-
 static size_t
 slot_size(traces_t *traces, const slot_t *slot)
 {
@@ -585,46 +601,10 @@ slot_size(traces_t *traces, const slot_t *slot)
     return (size_t)_Py_hashtable_get(traces->big, TO_PTR(~slot->key));
 }
 
-/* The recent trace of ptr, or NULL. */
-static inline slot_t *
-recent_find(traces_t *traces, uintptr_t ptr)
-{
-    uintptr_t key = ~ptr;
-    for (int i = 0; i < NRECENT; i++) {
-        if (traces->recent[i].key == key) {
-            return &traces->recent[i];
-        }
-    }
-    return NULL;
-}
-
-/* Remove a recent trace, keeping the others first. */
-static inline void
-recent_remove(traces_t *traces, slot_t *slot)
-{
-    slot_t *last = &traces->recent[NRECENT - 1];
-    for (; slot < last; slot++) {
-        slot[0] = slot[1];
-    }
-    last->key = 0;
-    traces->count--;
-}
-
-/* Find the trace of ptr: return its slot, or NULL. */
-static inline slot_t *
-traces_find(traces_t *traces, uintptr_t ptr)
-{
-    slot_t *slot = recent_find(traces, ptr);
-    if (slot != NULL) {
-        return slot;
-    }
-    return shard_find(shard_of(traces, ptr), ptr);
-}
-
 /* Store the size of a slot, in the big table if it does not fit.  On
    memory error, return -1 and leave the slot as it was. */
 static int
-slot_set_big_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
+slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
 {
     if (size < BIG_SIZE) {
         if (slot->size == BIG_SIZE) {
@@ -652,34 +632,25 @@ slot_set_big_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
     return 0;
 }
 
-static inline int
-slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
+/* The count of the spilled traces of ptr's window, and of the windows
+   that share its hash. */
+static inline uint32_t *
+spilled_count(traces_t *traces, uintptr_t ptr)
 {
-    if (size < BIG_SIZE && slot->size != BIG_SIZE) {
-        slot->size = (uint32_t)size;
-        return 0;
-    }
-    return slot_set_big_size(traces, slot, ptr, size);
+    return &traces->spilled[hash_window(ptr) >> (64 - SPILLED_BITS)];
 }
 
-/* Start loading the slot where ptr goes: its cache miss is what the table
-   costs, and it can overlap the capture of the traceback. */
-static inline void
-traces_prefetch(traces_t *traces, uintptr_t ptr)
+static slot_t *
+spill_find(traces_t *traces, uintptr_t ptr)
 {
-#if defined(__GNUC__) || defined(__clang__)
-    shard_t *shard = shard_of(traces, ptr);
-    if (shard->capacity != 0) {
-        __builtin_prefetch(&shard->slots[home_slot(ptr, shard->capacity)], 1);
-    }
-#endif
+    return shard_find(shard_of(traces, ptr), ptr);
 }
 
-/* Set the trace of ptr in the shards.  Return 1 if it replaced one,
-   storing the old size in *old_size, 0 if it is new, -1 on memory error. */
-static inline Py_ALWAYS_INLINE int
-shards_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
-           size_t *old_size)
+/* Set the trace of ptr in the spill.  Return 1 if it replaced one, storing
+   the old size in *old_size, 0 if it is new, -1 on memory error. */
+static int
+spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+          size_t *old_size)
 {
     if (ptr == UINTPTR_MAX) {
         return -1;  /* its key would be 0, the empty slot */
@@ -717,90 +688,16 @@ shards_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
         return -1;
     }
     shard_insert_at(shard, entry, i, dist);
+    (*spilled_count(traces, ptr))++;
     traces->count++;
     return 0;
 }
 
-/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
-   in *old_size, 0 if it is new, -1 on memory error. */
+/* Remove the trace of ptr from the spill.  Return 1 if there was one,
+   storing its size in *size, else 0. */
 static int
-traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
-           size_t *old_size)
+spill_pop(traces_t *traces, uintptr_t ptr, size_t *size)
 {
-    slot_t *slot = recent_find(traces, ptr);
-    if (slot != NULL) {
-        if (size < BIG_SIZE) {
-            *old_size = slot->size;
-            slot->size = (uint32_t)size;
-            slot->traceback = traceback;
-            return 1;
-        }
-        /* too big for a recent trace: it moves to the shards */
-        size_t was = slot->size;
-        if (shards_set(traces, ptr, size, traceback, old_size) < 0) {
-            return -1;
-        }
-        recent_remove(traces, slot);
-        *old_size = was;
-        return 1;
-    }
-    return shards_set(traces, ptr, size, traceback, old_size);
-}
-
-/* Add the trace of a block fresh from the allocator, which has none (see
-   NRECENT): the oldest recent trace, if there is no room, goes to the
-   shards.  Return 0, or 1 if it replaced a trace of the shards (a stale
-   one: its block was freed untraced), storing that trace's size in
-   *old_size; -1 on memory error. */
-static inline Py_ALWAYS_INLINE int
-traces_add_fresh(traces_t *traces, uintptr_t ptr, size_t size,
-                 uint32_t traceback, size_t *old_size)
-{
-    if (size >= BIG_SIZE || ptr == UINTPTR_MAX) {
-        return traces_set(traces, ptr, size, traceback, old_size);
-    }
-    slot_t *recent = traces->recent;
-    int res = 0;
-    if (recent[NRECENT - 1].key != 0) {
-        slot_t oldest = recent[NRECENT - 1];
-        res = shards_set(traces, ~oldest.key, oldest.size, oldest.traceback,
-                         old_size);
-        if (res < 0) {
-            return -1;
-        }
-        traces->count--;
-    }
-    for (int i = NRECENT - 1; i > 0; i--) {
-        recent[i] = recent[i - 1];
-    }
-    recent[0] = (slot_t){.key = ~ptr, .size = (uint32_t)size,
-                         .traceback = traceback};
-    traces->count++;
-    return res;
-}
-
-/* Start loading the slot where the trace that the next traces_add_fresh()
-   moves to the shards goes. */
-static inline void
-traces_prefetch_fresh(traces_t *traces)
-{
-    uintptr_t key = traces->recent[NRECENT - 1].key;
-    if (key != 0) {
-        traces_prefetch(traces, ~key);
-    }
-}
-
-/* Remove the trace of ptr.  Return 1 if there was one, storing its size in
-   *size, else 0. */
-static inline Py_ALWAYS_INLINE int
-traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
-{
-    slot_t *recent = recent_find(traces, ptr);
-    if (recent != NULL) {
-        *size = recent->size;
-        recent_remove(traces, recent);
-        return 1;
-    }
     shard_t *shard = shard_of(traces, ptr);
     slot_t *slot = shard_find(shard, ptr);
     if (slot == NULL) {
@@ -811,8 +708,364 @@ traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
         _Py_hashtable_steal(traces->big, TO_PTR(ptr));
     }
     shard_remove(shard, slot);
+    (*spilled_count(traces, ptr))--;
     traces->count--;
     return 1;
+}
+
+
+/* --- Leaves --- */
+
+static inline int
+has_leaf_entry(uintptr_t ptr)
+{
+    return (ptr & ((1 << GRAIN_SHIFT) - 1)) == 0;
+}
+
+/* The key of ptr's window: never 0. */
+static inline uintptr_t
+window_of(uintptr_t ptr)
+{
+    return (ptr >> WINDOW_SHIFT) + 1;
+}
+
+static inline uint32_t *
+leaf_entry(leaf_t *leaf, uintptr_t ptr)
+{
+    return &leaf->entries[(ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)];
+}
+
+static inline int
+entry_fits(size_t size, uint32_t traceback)
+{
+    Py_BUILD_ASSERT(LEAF_MAX_SIZE < (1 << ENTRY_SIZE_BITS));
+    return size <= LEAF_MAX_SIZE && traceback <= ENTRY_MAX_TRACEBACK;
+}
+
+static inline uint32_t
+entry_pack(size_t size, uint32_t traceback)
+{
+    return ((traceback + 1) << ENTRY_SIZE_BITS) | (uint32_t)size;
+}
+
+static inline size_t
+entry_size(uint32_t entry)
+{
+    return entry & ((1 << ENTRY_SIZE_BITS) - 1);
+}
+
+static inline uint32_t
+entry_traceback(uint32_t entry)
+{
+    return (entry >> ENTRY_SIZE_BITS) - 1;
+}
+
+static inline uint32_t
+window_home(uintptr_t window, uint32_t capacity)
+{
+    return (uint32_t)(((uint64_t)window * UINT64_C(0x9E3779B97F4A7C15)) >> 32)
+           & (capacity - 1);
+}
+
+/* The leaf of a window, or NULL; it becomes the last one used. */
+static leaf_t *
+find_leaf(traces_t *traces, uintptr_t window)
+{
+    uint32_t capacity = traces->windows_capacity;
+    if (capacity == 0) {
+        return NULL;
+    }
+    for (uint32_t i = window_home(window, capacity); ;
+         i = (i + 1) & (capacity - 1))
+    {
+        window_slot_t *slot = &traces->windows[i];
+        if (slot->window == window) {
+            traces->last_window = window;
+            traces->last_leaf = slot->leaf;
+            return slot->leaf;
+        }
+        if (slot->window == 0) {
+            return NULL;
+        }
+    }
+}
+
+static void
+windows_put(window_slot_t *windows, uint32_t capacity, window_slot_t slot)
+{
+    uint32_t i = window_home(slot.window, capacity);
+    while (windows[i].window != 0) {
+        i = (i + 1) & (capacity - 1);
+    }
+    windows[i] = slot;
+}
+
+static int
+leaf_is_empty(const leaf_t *leaf)
+{
+    for (int i = 0; i < WINDOW_GRAINS; i++) {
+        if (leaf->entries[i] != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Make room for one more window: rebuild the window table, without the
+   leaves that emptied, at most half full. */
+static int
+windows_rebuild(traces_t *traces)
+{
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        live += (slot->window != 0 && !leaf_is_empty(slot->leaf));
+    }
+    uint64_t capacity = MIN_WINDOWS_CAPACITY;
+    while (capacity < 2 * ((uint64_t)live + 1)) {
+        capacity *= 2;
+    }
+    if (capacity > UINT32_MAX) {
+        return -1;
+    }
+    window_slot_t *windows = allocators.raw.calloc(
+        allocators.raw.ctx, (size_t)capacity, sizeof(window_slot_t));
+    if (windows == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t slot = traces->windows[i];
+        if (slot.window == 0) {
+            continue;
+        }
+        if (leaf_is_empty(slot.leaf)) {
+            raw_free(slot.leaf);
+        }
+        else {
+            windows_put(windows, (uint32_t)capacity, slot);
+        }
+    }
+    raw_free(traces->windows);
+    traces->windows = windows;
+    traces->windows_capacity = (uint32_t)capacity;
+    traces->nwindows = live;
+    traces->last_window = 0;
+    traces->last_leaf = NULL;
+    return 0;
+}
+
+/* Add an empty leaf for a window that has none: it becomes the last one
+   used.  Return NULL on memory error. */
+static leaf_t *
+add_leaf(traces_t *traces, uintptr_t window)
+{
+    if ((uint64_t)(traces->nwindows + 1) * 100
+        > (uint64_t)traces->windows_capacity * MAX_WINDOWS_LOAD_PERCENT)
+    {
+        if (windows_rebuild(traces) < 0) {
+            return NULL;
+        }
+    }
+    leaf_t *leaf = allocators.raw.calloc(allocators.raw.ctx, 1,
+                                         sizeof(leaf_t));
+    if (leaf == NULL) {
+        return NULL;
+    }
+    windows_put(traces->windows, traces->windows_capacity,
+                (window_slot_t){window, leaf});
+    traces->nwindows++;
+    traces->last_window = window;
+    traces->last_leaf = leaf;
+    return leaf;
+}
+
+/* The leaf of ptr's window, or NULL. */
+static inline leaf_t *
+leaf_of(traces_t *traces, uintptr_t ptr)
+{
+    uintptr_t window = window_of(ptr);
+    if (window == traces->last_window) {
+        return traces->last_leaf;
+    }
+    return find_leaf(traces, window);
+}
+
+/* The leaf of ptr's window, added if there is none; NULL on memory
+   error. */
+static inline leaf_t *
+leaf_for(traces_t *traces, uintptr_t ptr)
+{
+    uintptr_t window = window_of(ptr);
+    if (window == traces->last_window) {
+        return traces->last_leaf;
+    }
+    leaf_t *leaf = find_leaf(traces, window);
+    return leaf != NULL ? leaf : add_leaf(traces, window);
+}
+
+
+/* --- A table: the leaves and the spill --- */
+
+static traces_t *
+traces_new(void)
+{
+    return allocators.raw.calloc(allocators.raw.ctx, 1, sizeof(traces_t));
+}
+
+static void
+traces_destroy(traces_t *traces)
+{
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        if (traces->windows[i].window != 0) {
+            raw_free(traces->windows[i].leaf);
+        }
+    }
+    raw_free(traces->windows);
+    for (int i = 0; i < NSHARDS; i++) {
+        raw_free(traces->shards[i].slots);
+    }
+    if (traces->big != NULL) {
+        _Py_hashtable_destroy(traces->big);
+    }
+    raw_free(traces);
+}
+
+static size_t
+traces_memory(traces_t *traces)
+{
+    size_t size = sizeof(traces_t);
+    size += (size_t)traces->windows_capacity * sizeof(window_slot_t);
+    size += (size_t)traces->nwindows * sizeof(leaf_t);
+    for (int i = 0; i < NSHARDS; i++) {
+        size += (size_t)traces->shards[i].capacity * sizeof(slot_t);
+    }
+    if (traces->big != NULL) {
+        size += _Py_hashtable_size(traces->big);
+    }
+    return size;
+}
+
+/* Find the trace of ptr: return 1 and store its size and traceback, or
+   return 0. */
+static int
+traces_get(traces_t *traces, uintptr_t ptr, size_t *size,
+           uint32_t *traceback)
+{
+    if (has_leaf_entry(ptr)) {
+        leaf_t *leaf = leaf_of(traces, ptr);
+        uint32_t entry = leaf != NULL ? *leaf_entry(leaf, ptr) : 0;
+        if (entry != 0) {
+            *size = entry_size(entry);
+            *traceback = entry_traceback(entry);
+            return 1;
+        }
+        if (*spilled_count(traces, ptr) == 0) {
+            return 0;
+        }
+    }
+    slot_t *slot = spill_find(traces, ptr);
+    if (slot == NULL) {
+        return 0;
+    }
+    *size = slot_size(traces, slot);
+    *traceback = slot->traceback;
+    return 1;
+}
+
+/* Set the trace of ptr, which does not fit a leaf entry, in the spill. */
+static int
+traces_spill(traces_t *traces, uintptr_t ptr, size_t size,
+             uint32_t traceback, size_t *old_size)
+{
+    leaf_t *leaf = has_leaf_entry(ptr) ? leaf_of(traces, ptr) : NULL;
+    uint32_t *entry = leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+    if (entry == NULL || *entry == 0) {
+        return spill_set(traces, ptr, size, traceback, old_size);
+    }
+    /* the trace moves from the leaf to the spill */
+    int res = spill_set(traces, ptr, size, traceback, old_size);
+    if (res < 0) {
+        return -1;
+    }
+    assert(res == 0);
+    *old_size = entry_size(*entry);
+    *entry = 0;
+    traces->count--;
+    return 1;
+}
+
+/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
+   in *old_size, 0 if it is new, -1 on memory error (the table is then
+   unchanged). */
+static inline Py_ALWAYS_INLINE int
+traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+           size_t *old_size)
+{
+    if (!has_leaf_entry(ptr) || !entry_fits(size, traceback)) {
+        return traces_spill(traces, ptr, size, traceback, old_size);
+    }
+    leaf_t *leaf = leaf_for(traces, ptr);
+    if (leaf == NULL) {
+        return -1;
+    }
+    uint32_t *entry = leaf_entry(leaf, ptr);
+    uint32_t old = *entry;
+    *entry = entry_pack(size, traceback);
+    if (old != 0) {
+        *old_size = entry_size(old);
+        return 1;
+    }
+    traces->count++;
+    if (*spilled_count(traces, ptr) != 0
+        && spill_pop(traces, ptr, old_size))
+    {
+        return 1;  /* the trace moved from the spill to the leaf */
+    }
+    return 0;
+}
+
+/* Start loading what traces_set() will need for a block: the window table
+   slot of its leaf, if it is not the last one used, or its spill slot.
+   The cache miss can then overlap the capture of the traceback. */
+static inline void
+traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    if (!has_leaf_entry(ptr) || size > LEAF_MAX_SIZE) {
+        shard_t *shard = shard_of(traces, ptr);
+        if (shard->capacity != 0) {
+            __builtin_prefetch(&shard->slots[home_slot(ptr,
+                                                       shard->capacity)], 1);
+        }
+        return;
+    }
+    uintptr_t window = window_of(ptr);
+    if (window != traces->last_window && traces->windows_capacity != 0) {
+        __builtin_prefetch(
+            &traces->windows[window_home(window, traces->windows_capacity)]);
+    }
+#endif
+}
+
+/* Remove the trace of ptr.  Return 1 if there was one, storing its size in
+   *size, else 0. */
+static inline Py_ALWAYS_INLINE int
+traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
+{
+    if (has_leaf_entry(ptr)) {
+        leaf_t *leaf = leaf_of(traces, ptr);
+        uint32_t *entry = leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+        if (entry != NULL && *entry != 0) {
+            *size = entry_size(*entry);
+            *entry = 0;
+            traces->count--;
+            return 1;
+        }
+        if (*spilled_count(traces, ptr) == 0) {
+            return 0;
+        }
+    }
+    return spill_pop(traces, ptr, size);
 }
 
 
@@ -1188,8 +1441,12 @@ static traceback_t *
 find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
 {
     traces_t *traces = get_traces_table(state, domain);
-    slot_t *slot = traces ? traces_find(traces, ptr) : NULL;
-    return slot ? state->interned->by_index[slot->traceback] : NULL;
+    size_t size;
+    uint32_t traceback;
+    if (traces == NULL || !traces_get(traces, ptr, &size, &traceback)) {
+        return NULL;
+    }
+    return state->interned->by_index[traceback];
 }
 
 
@@ -1216,10 +1473,8 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 }
 
 
-/* Trace a block.  With fresh != 0, the block was just allocated by the
-   hooks' allocator, so it has no trace yet (see NRECENT). */
 /* remove_trace() with the state's mutex taken and released. */
-static int
+static inline Py_ALWAYS_INLINE int
 remove_trace_locked(tm_state_t *state, unsigned int domain, uintptr_t ptr,
                     size_t *size)
 {
@@ -1230,19 +1485,16 @@ remove_trace_locked(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 }
 
 
+/* Trace a block, with the frames of tstate (none if NULL). */
 static int
 add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
-          unsigned int domain, uintptr_t ptr, size_t size, int fresh)
+          unsigned int domain, uintptr_t ptr, size_t size)
 {
     assert(state->tracing);
 
     traces_t *traces = get_traces_table(state, domain);
-    fresh = fresh && domain == DEFAULT_DOMAIN;
-    if (fresh) {
-        traces_prefetch_fresh(traces);
-    }
-    else if (traces != NULL) {
-        traces_prefetch(traces, ptr);
+    if (traces != NULL) {
+        traces_prefetch(traces, ptr, size);
     }
     traceback_t *traceback = traceback_new(state, tstate, take_refs);
     if (traceback == NULL) {
@@ -1261,9 +1513,7 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
     }
 
     size_t old_size;
-    int res = fresh
-        ? traces_add_fresh(traces, ptr, size, traceback->index, &old_size)
-        : traces_set(traces, ptr, size, traceback->index, &old_size);
+    int res = traces_set(traces, ptr, size, traceback->index, &old_size);
     if (res < 0) {
         return -1;
     }
@@ -1334,11 +1584,10 @@ unattached_owner(PyThreadState **frames_of)
     return NULL;
 }
 
-/* Trace a block with no attached thread state (fresh: as for add_trace()).
-   Return -2 if no interpreter takes it. */
+/* Trace a block with no attached thread state.  Return -2 if no
+   interpreter takes it. */
 static int
-add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size,
-                     int fresh)
+add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
 {
     if (ntracing_hint() == 0) {
         return -2;
@@ -1350,7 +1599,7 @@ add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size,
     if (state != NULL) {
         lock_state(state);
         if (state->tracing) {
-            res = add_trace(state, frames_of, 0, domain, ptr, size, fresh);
+            res = add_trace(state, frames_of, 0, domain, ptr, size);
         }
         unlock_state(state);
     }
@@ -1365,7 +1614,7 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
 {
     PyThreadState *tstate = _PyThreadState_GET();
     if (tstate == NULL) {
-        return add_trace_unattached(domain, ptr, size, 1) == -1 ? -1 : 0;
+        return add_trace_unattached(domain, ptr, size) == -1 ? -1 : 0;
     }
     tm_state_t *state = interp_state(tstate->interp);
     last_attached = state;
@@ -1375,34 +1624,18 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
     int res = 0;
     lock_state(state);
     if (state->tracing) {
-        res = add_trace(state, tstate, 1, domain, ptr, size, 1);
+        res = add_trace(state, tstate, 1, domain, ptr, size);
     }
     unlock_state(state);
     return res;
 }
 
-/* Drop the trace of a block from the interpreter that owns it, if any.
-   Two interpreters may trace the same block, one of them wrongly: a block
-   tracked with the C API and freed without being untracked, its address
-   reused.  The caller's interpreter is asked first, or with no thread state
-   attached, the one a block allocated there would go to; the other keeps
-   its trace.  Return 1 if one did, storing the block's size in *size. */
-static int
-untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
+/* The slow path of untrace_block(), for a block that the calling
+   interpreter, own (NULL with no thread state attached), does not trace. */
+static Py_NO_INLINE int
+untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
+                        size_t *size)
 {
-    PyThreadState *tstate = _PyThreadState_GET();
-    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
-    if (own != NULL && state_is_tracing(own)) {
-        int found = remove_trace_locked(own, domain, ptr, size);
-        if (found || only_tracer(own)) {
-            return found;
-        }
-    }
-    else if (ntracing_hint() == 0) {
-        return 0;
-    }
-
-    /* Allocated by another interpreter, or by nobody that traces. */
     int found = 0;
     lock_registry();
     if (own == NULL) {
@@ -1419,6 +1652,30 @@ untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
     }
     unlock_registry();
     return found;
+}
+
+/* Drop the trace of a block from the interpreter that owns it, if any.
+   Two interpreters may trace the same block, one of them wrongly: a block
+   tracked with the C API and freed without being untracked, its address
+   reused.  The caller's interpreter is asked first, or with no thread state
+   attached, the one a block allocated there would go to; the other keeps
+   its trace.  Return 1 if one did, storing the block's size in *size. */
+static inline Py_ALWAYS_INLINE int
+untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+    if (own != NULL && state_is_tracing(own)) {
+        int found = remove_trace_locked(own, domain, ptr, size);
+        if (found || only_tracer(own)) {
+            return found;
+        }
+    }
+    else if (ntracing_hint() == 0) {
+        return 0;
+    }
+    /* Allocated by another interpreter, or by nobody that traces. */
+    return untrace_block_elsewhere(own, domain, ptr, size);
 }
 
 
@@ -1963,6 +2220,38 @@ _PyTraceMalloc_Fini(void)
 
    Do nothing if the interpreter does not trace or if the object memory
    block is not already traced. */
+/* The slow path of _PyTraceMalloc_TraceRef(), apart so that the fast one
+   saves no registers. */
+static Py_NO_INLINE int
+retrace_object(uintptr_t ptr)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *state = interp_state(tstate->interp);
+    if (!state_is_tracing(state)) {
+        return -1;
+    }
+
+    int res = -1;
+    lock_state(state);
+    if (state->tracing) {
+        size_t size, old_size;
+        uint32_t old_traceback;
+        if (traces_get(state->traces, ptr, &size, &old_traceback)) {
+            /* update the traceback of the memory block */
+            traceback_t *traceback = traceback_new(state, tstate, 1);
+            if (traceback != NULL
+                && traces_set(state->traces, ptr, size, traceback->index,
+                              &old_size) >= 0)
+            {
+                res = 0;
+            }
+        }
+        /* else: cannot track the object, its memory block size is unknown */
+    }
+    unlock_state(state);
+    return res;
+}
+
 int
 _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
                         void* Py_UNUSED(ignore))
@@ -1985,28 +2274,7 @@ _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
         last_allocated = 0;
         return 0;
     }
-    PyThreadState *tstate = _PyThreadState_GET();
-    tm_state_t *state = interp_state(tstate->interp);
-    if (!state_is_tracing(state)) {
-        return -1;
-    }
-
-    int res = -1;
-    lock_state(state);
-    if (state->tracing) {
-        slot_t *slot = traces_find(state->traces, ptr);
-        if (slot != NULL) {
-            /* update the traceback of the memory block */
-            traceback_t *traceback = traceback_new(state, tstate, 1);
-            if (traceback != NULL) {
-                slot->traceback = traceback->index;
-                res = 0;
-            }
-        }
-        /* else: cannot track the object, its memory block size is unknown */
-    }
-    unlock_state(state);
-    return res;
+    return retrace_object(ptr);
 }
 
 
@@ -2017,14 +2285,14 @@ PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
 {
     PyThreadState *tstate = _PyThreadState_GET();
     if (tstate == NULL) {
-        return add_trace_unattached(domain, ptr, size, 0);
+        return add_trace_unattached(domain, ptr, size);
     }
     tm_state_t *state = interp_state(tstate->interp);
     last_attached = state;
     int res = -2;
     lock_state(state);
     if (state->tracing) {
-        res = add_trace(state, tstate, 1, domain, ptr, size, 0);
+        res = add_trace(state, tstate, 1, domain, ptr, size);
     }
     unlock_state(state);
     return res;
@@ -2252,13 +2520,13 @@ interned_put(tm_state_t *state, interned_t *interned)
 
 
 static void
-snapshot_add_slot(snapshot_t *snapshot, interned_t *interned,
-                  traces_t *traces, unsigned int domain, const slot_t *slot)
+snapshot_add_trace(snapshot_t *snapshot, interned_t *interned,
+                   unsigned int domain, size_t size, uint32_t traceback)
 {
     assert(snapshot->count < snapshot->capacity);
     snapshot_trace_t *trace = &snapshot->traces[snapshot->count++];
-    trace->traceback = interned->by_index[slot->traceback];
-    trace->size = slot_size(traces, slot);
+    trace->traceback = interned->by_index[traceback];
+    trace->size = size;
     trace->domain = domain;
 }
 
@@ -2266,16 +2534,26 @@ static void
 snapshot_add(snapshot_t *snapshot, interned_t *interned, traces_t *traces,
              unsigned int domain)
 {
-    for (int i = 0; i < NRECENT && traces->recent[i].key != 0; i++) {
-        snapshot_add_slot(snapshot, interned, traces, domain,
-                          &traces->recent[i]);
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        if (slot->window == 0) {
+            continue;
+        }
+        for (int j = 0; j < WINDOW_GRAINS; j++) {
+            uint32_t entry = slot->leaf->entries[j];
+            if (entry != 0) {
+                snapshot_add_trace(snapshot, interned, domain,
+                                   entry_size(entry), entry_traceback(entry));
+            }
+        }
     }
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *shard = &traces->shards[i];
         for (uint32_t j = 0; j < shard->capacity; j++) {
             slot_t *slot = &shard->slots[j];
             if (slot->key != 0) {
-                snapshot_add_slot(snapshot, interned, traces, domain, slot);
+                snapshot_add_trace(snapshot, interned, domain,
+                                   slot_size(traces, slot), slot->traceback);
             }
         }
     }

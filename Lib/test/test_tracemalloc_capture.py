@@ -95,6 +95,20 @@ class CaptureTests(TracingTestCase):
                  for traceback in snapshot_tracebacks('<many>')}
         self.assertEqual(lines, set(range(2, 3002)))
 
+    def test_many_allocation_sites_freed(self):
+        # Traces of many tracebacks (stored apart beyond a limit, which is
+        # low in a debug build) leave nothing behind once freed.
+        alloc = compile_allocator('<freed>', 3000)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        objs = [alloc(i) for i in range(3000)]
+        expected = sum(sys.getsizeof(obj) for obj in objs)
+        self.assertAlmostEqual(tracemalloc.get_traced_memory()[0] - before,
+                               expected, delta=expected // 20)
+        self.assertEqual(where(objs[-1]), ('<freed>', 3001))
+        del objs
+        self.assertLess(tracemalloc.get_traced_memory()[0] - before, 2000)
+
     def test_same_site_after_clear_traces(self):
         alloc = compile_allocator('<clear>', 2)
         before = alloc(1)
@@ -204,12 +218,13 @@ class NestedAllocatorTests(TracingTestCase):
 class TrackedSizeTests(TracingTestCase):
     """Sizes of every magnitude, tracked with the C API with no memory
     behind them: the fork stores small sizes in the trace itself and the
-    others aside."""
+    others aside, and the traces of small blocks aligned on 16 bytes in yet
+    another structure than the others."""
 
     DOMAIN = 7
     PTR = 0x7ace0000
-    SIZES = [0, 1, 2**24 - 2, 2**24 - 1, 2**24, 2**24 + 1, 2**31,
-             2**32 - 1, 2**32, 2**32 + 1, 2**40]
+    SIZES = [0, 1, 255, 256, 257, 1023, 1024, 2**24 - 2, 2**24 - 1, 2**24,
+             2**24 + 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40]
 
     def setUp(self):
         self.testcapi = import_helper.import_module('_testcapi')
@@ -261,6 +276,43 @@ class TrackedSizeTests(TracingTestCase):
         self.addCleanup(self.clear_domain, list(model))
         self.assertEqual(self.domain_sizes(), sorted(model.values()))
 
+    def test_unaligned_pointers_next_to_aligned_ones(self):
+        offsets = (0, 1, 8, 15, 16, 24)
+        for i, offset in enumerate(offsets):
+            self.track(self.PTR + offset, 100 + i)
+        self.assertEqual(self.domain_sizes(), list(range(100, 106)))
+        internal = import_helper.import_module('_testinternalcapi')
+        for offset in offsets:
+            self.assertIsNotNone(internal._PyTraceMalloc_GetTraceback(
+                self.DOMAIN, self.PTR + offset))
+        self.testcapi.tracemalloc_untrack(self.DOMAIN, self.PTR + 8)
+        self.testcapi.tracemalloc_untrack(self.DOMAIN, self.PTR)
+        self.assertEqual(self.domain_sizes(), [101, 103, 104, 105])
+
+    def test_against_a_model_of_moving_blocks(self):
+        # The live blocks move through the address space, as a program's
+        # do over time: the windows left behind empty, the table grows and
+        # rebuilds without them, and must still find every pointer.
+        import random
+        rng = random.Random(11)
+        sizes = (16, 200, 256, 257, 5000, 2**30)
+        model = {}
+        for step in range(40_000):
+            # a base moves up by 4 KiB every 100 steps; blocks live about
+            # 2000 steps, so 20 bases hold blocks at any time
+            base = self.PTR + (step // 100) * 4096
+            if rng.random() < 0.5 or not model:
+                ptr = base + 16 * rng.randrange(256) + rng.choice((0, 0, 8))
+                model[ptr] = rng.choice(sizes)
+                self.testcapi.tracemalloc_track(self.DOMAIN, ptr, model[ptr])
+            else:
+                ptr = min(model) if rng.random() < 0.5 else rng.choice(
+                    list(model))
+                del model[ptr]
+                self.testcapi.tracemalloc_untrack(self.DOMAIN, ptr)
+        self.addCleanup(self.clear_domain, list(model))
+        self.assertEqual(self.domain_sizes(), sorted(model.values()))
+
     def clear_domain(self, ptrs):
         for ptr in ptrs:
             self.testcapi.tracemalloc_untrack(self.DOMAIN, ptr)
@@ -279,9 +331,8 @@ class TrackedSizeTests(TracingTestCase):
 
 
 class RecentBlocksTests(TracingTestCase):
-    """The fork keeps the traces of the blocks allocated last aside from its
-    table, as most are freed soon after: they must be found, replaced,
-    removed and listed like any other."""
+    """Blocks just allocated, which most frees are of: their traces must be
+    found, replaced, removed and listed like any other."""
 
     def setUp(self):
         self.testcapi = import_helper.import_module('_testcapi')
