@@ -1486,7 +1486,7 @@ remove_trace_locked(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 
 
 /* Trace a block, with the frames of tstate (none if NULL). */
-static int
+static inline Py_ALWAYS_INLINE int
 add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
           unsigned int domain, uintptr_t ptr, size_t size)
 {
