@@ -334,14 +334,15 @@ tracemalloc_clear_filename(void *value)
    share cache lines.  The leaves are found through an open addressing
    table of windows (the last one found is remembered).  A leaf that
    empties stays where it is, for the blocks allocated there next, until
-   the window table is rebuilt to grow, which drops the empty leaves.  A
+   the window table is rebuilt for want of room, which drops the empty
+   leaves (and may shrink the table).  A
    leaf takes 128 bytes: 12 to 15 bytes per block where small objects lie
    densely, against 20 to 25 bytes per trace in the spill below.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
-   only the C API can track), blocks larger than LEAF_MAX_SIZE (fewer than
-   two per window: a leaf would cost more memory than it saves time),
+   only the C API can track), blocks larger than LEAF_MAX_SIZE (few per
+   window: a leaf would cost more memory than it saves time),
    traceback indexes above ENTRY_MAX_TRACEBACK.  A count of the spilled
    traces by hash of their window tells when a block with no leaf entry
    cannot be in the spill either, which is nearly always.
@@ -368,7 +369,7 @@ tracemalloc_clear_filename(void *value)
 #else
 #  define ENTRY_MAX_TRACEBACK ((UINT32_MAX >> ENTRY_SIZE_BITS) - 1)
 #endif
-#define LEAF_MAX_SIZE 256           /* two blocks or more per window */
+#define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
 #define SPILLED_BITS 10             /* counters of spilled traces */
 
 #define SHARD_BITS 6
@@ -479,8 +480,8 @@ slot_set_dist(slot_t *slot, uint32_t dist)
 static slot_t *
 shard_find(shard_t *shard, uintptr_t ptr)
 {
-    if (shard->count == 0) {
-        return NULL;
+    if (shard->count == 0 || ptr == UINTPTR_MAX) {
+        return NULL;  /* its key would be 0, the empty slot: never stored */
     }
     uintptr_t key = ~ptr;
     uint32_t capacity = shard->capacity;
@@ -2214,12 +2215,6 @@ _PyTraceMalloc_Fini(void)
 
 /* --- Reused objects ------------------------------------------------------ */
 
-/* If the object memory block is already traced by the calling interpreter,
-   update its trace with the current Python traceback: an object taken from
-   a free list is "allocated" again without a call to the allocator.
-
-   Do nothing if the interpreter does not trace or if the object memory
-   block is not already traced. */
 /* The slow path of _PyTraceMalloc_TraceRef(), apart so that the fast one
    saves no registers. */
 static Py_NO_INLINE int
@@ -2252,6 +2247,12 @@ retrace_object(uintptr_t ptr)
     return res;
 }
 
+/* If the object memory block is already traced by the calling interpreter,
+   update its trace with the current Python traceback: an object taken from
+   a free list is "allocated" again without a call to the allocator.
+
+   Do nothing if the interpreter does not trace or if the object memory
+   block is not already traced. */
 int
 _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
                         void* Py_UNUSED(ignore))

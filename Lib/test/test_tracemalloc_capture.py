@@ -9,6 +9,7 @@ they pass on the unpatched base too.
 """
 
 import gc
+import struct
 import sys
 import tracemalloc
 import unittest
@@ -288,6 +289,19 @@ class TrackedSizeTests(TracingTestCase):
         self.testcapi.tracemalloc_untrack(self.DOMAIN, self.PTR + 8)
         self.testcapi.tracemalloc_untrack(self.DOMAIN, self.PTR)
         self.assertEqual(self.domain_sizes(), [101, 103, 104, 105])
+
+    def test_highest_pointer_is_never_found(self):
+        # Traces spread over the whole table, then look-ups of the one
+        # pointer that no table slot can hold: they find nothing, and
+        # change nothing.
+        for i in range(2000):
+            self.track(self.PTR + 4096 * i + 8, 10)
+        highest = 2 ** (8 * struct.calcsize('P')) - 1
+        internal = import_helper.import_module('_testinternalcapi')
+        self.assertIsNone(internal._PyTraceMalloc_GetTraceback(self.DOMAIN,
+                                                               highest))
+        self.testcapi.tracemalloc_untrack(self.DOMAIN, highest)
+        self.assertEqual(self.domain_sizes(), [10] * 2000)
 
     def test_against_a_model_of_moving_blocks(self):
         # The live blocks move through the address space, as a program's
