@@ -896,12 +896,27 @@ leaf_of(traces_t *traces, uintptr_t ptr)
 static inline leaf_t *
 leaf_for(traces_t *traces, uintptr_t ptr)
 {
-    uintptr_t window = window_of(ptr);
-    if (window == traces->last_window) {
-        return traces->last_leaf;
+    leaf_t *leaf = leaf_of(traces, ptr);
+    return leaf != NULL ? leaf : add_leaf(traces, window_of(ptr));
+}
+
+/* ptr's entry in its leaf, or NULL if it has none (its window has no
+   leaf, or ptr is not aligned on a grain). */
+static inline uint32_t *
+find_entry(traces_t *traces, uintptr_t ptr)
+{
+    if (!has_leaf_entry(ptr)) {
+        return NULL;
     }
-    leaf_t *leaf = find_leaf(traces, window);
-    return leaf != NULL ? leaf : add_leaf(traces, window);
+    leaf_t *leaf = leaf_of(traces, ptr);
+    return leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+}
+
+/* Can ptr, whose leaf entry (if any) is 0, have a trace in the spill? */
+static inline int
+may_be_spilled(traces_t *traces, uintptr_t ptr)
+{
+    return !has_leaf_entry(ptr) || *spilled_count(traces, ptr) != 0;
 }
 
 
@@ -952,19 +967,14 @@ static int
 traces_get(traces_t *traces, uintptr_t ptr, size_t *size,
            uint32_t *traceback)
 {
-    if (has_leaf_entry(ptr)) {
-        leaf_t *leaf = leaf_of(traces, ptr);
-        uint32_t entry = leaf != NULL ? *leaf_entry(leaf, ptr) : 0;
-        if (entry != 0) {
-            *size = entry_size(entry);
-            *traceback = entry_traceback(entry);
-            return 1;
-        }
-        if (*spilled_count(traces, ptr) == 0) {
-            return 0;
-        }
+    uint32_t *entry = find_entry(traces, ptr);
+    if (entry != NULL && *entry != 0) {
+        *size = entry_size(*entry);
+        *traceback = entry_traceback(*entry);
+        return 1;
     }
-    slot_t *slot = spill_find(traces, ptr);
+    slot_t *slot = may_be_spilled(traces, ptr) ? spill_find(traces, ptr)
+                                               : NULL;
     if (slot == NULL) {
         return 0;
     }
@@ -978,8 +988,7 @@ static int
 traces_spill(traces_t *traces, uintptr_t ptr, size_t size,
              uint32_t traceback, size_t *old_size)
 {
-    leaf_t *leaf = has_leaf_entry(ptr) ? leaf_of(traces, ptr) : NULL;
-    uint32_t *entry = leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+    uint32_t *entry = find_entry(traces, ptr);
     if (entry == NULL || *entry == 0) {
         return spill_set(traces, ptr, size, traceback, old_size);
     }
@@ -1017,8 +1026,7 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
         return 1;
     }
     traces->count++;
-    if (*spilled_count(traces, ptr) != 0
-        && spill_pop(traces, ptr, old_size))
+    if (may_be_spilled(traces, ptr) && spill_pop(traces, ptr, old_size))
     {
         return 1;  /* the trace moved from the spill to the leaf */
     }
@@ -1053,20 +1061,14 @@ traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
 static inline Py_ALWAYS_INLINE int
 traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
 {
-    if (has_leaf_entry(ptr)) {
-        leaf_t *leaf = leaf_of(traces, ptr);
-        uint32_t *entry = leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
-        if (entry != NULL && *entry != 0) {
-            *size = entry_size(*entry);
-            *entry = 0;
-            traces->count--;
-            return 1;
-        }
-        if (*spilled_count(traces, ptr) == 0) {
-            return 0;
-        }
+    uint32_t *entry = find_entry(traces, ptr);
+    if (entry != NULL && *entry != 0) {
+        *size = entry_size(*entry);
+        *entry = 0;
+        traces->count--;
+        return 1;
     }
-    return spill_pop(traces, ptr, size);
+    return may_be_spilled(traces, ptr) && spill_pop(traces, ptr, size);
 }
 
 
