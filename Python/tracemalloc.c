@@ -36,6 +36,14 @@
 #include <pycore_frame.h>
 
 #include <stdlib.h>               // malloc()
+#ifndef Py_GIL_DISABLED
+#  ifdef MS_WINDOWS
+#    include <windows.h>          // Sleep()
+#  else
+#    include <sched.h>            // sched_yield()
+#    include <time.h>             // nanosleep()
+#  endif
+#endif
 
 _Py_DECLARE_STR(anon_unknown, "<unknown>");
 
@@ -154,6 +162,13 @@ unlock_registry(void)
     PyMutex_Unlock(&runtime_state.mutex);
 }
 
+#ifdef Py_GIL_DISABLED
+static inline int
+try_lock_state(tm_state_t *state)
+{
+    return PyMutex_LockFast(&state->mutex._bits);
+}
+
 static inline void
 lock_state(tm_state_t *state)
 {
@@ -165,6 +180,58 @@ unlock_state(tm_state_t *state)
 {
     PyMutex_Unlock(&state->mutex);
 }
+#else
+/* The spinlock of the default build: see _PyTraceMalloc_Lock. */
+static inline int
+try_lock_state(tm_state_t *state)
+{
+    int unlocked = 0;
+    return _Py_atomic_compare_exchange_int(&state->mutex.locked, &unlocked, 1);
+}
+
+/* Wait for the lock: spin a little, then yield the CPU, then sleep, for
+   the holder may be copying a large snapshot. */
+static Py_NO_INLINE void
+lock_state_contended(tm_state_t *state)
+{
+    for (unsigned int attempt = 0; ; attempt++) {
+        if (_Py_atomic_load_int_relaxed(&state->mutex.locked) == 0
+            && try_lock_state(state))
+        {
+            return;
+        }
+        if (attempt < 64) {
+            continue;
+        }
+#ifdef MS_WINDOWS
+        Sleep(attempt < 1024 ? 0 : 1);
+#else
+        if (attempt < 1024) {
+            sched_yield();
+        }
+        else {
+            struct timespec pause = {0, 50 * 1000};
+            nanosleep(&pause, NULL);
+        }
+#endif
+    }
+}
+
+static inline void
+lock_state(tm_state_t *state)
+{
+    if (!try_lock_state(state)) {
+        lock_state_contended(state);
+    }
+}
+
+static inline void
+unlock_state(tm_state_t *state)
+{
+    assert(_Py_atomic_load_int_relaxed(&state->mutex.locked) == 1);
+    _Py_atomic_store_int_release(&state->mutex.locked, 0);
+}
+#endif
 
 /* Lock-free hints, checked again under the lock. */
 static inline int
@@ -615,7 +682,8 @@ slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
         return 0;
     }
     if (slot->size == BIG_SIZE) {
-        _Py_hashtable_get_entry(traces->big, TO_PTR(ptr))->value = TO_PTR(size);
+        _Py_hashtable_get_entry(traces->big, TO_PTR(ptr))->value =
+            (void *)(uintptr_t)size;
         return 0;
     }
     if (traces->big == NULL) {
@@ -626,7 +694,9 @@ slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
             return -1;
         }
     }
-    if (_Py_hashtable_set(traces->big, TO_PTR(ptr), TO_PTR(size)) < 0) {
+    if (_Py_hashtable_set(traces->big, TO_PTR(ptr),
+                          (void *)(uintptr_t)size) < 0)
+    {
         return -1;
     }
     slot->size = BIG_SIZE;
@@ -2703,7 +2773,7 @@ find_traceback_for_dump(const void *ptr)
     for (Py_ssize_t i = -1; i < runtime_state.ntracing && !traceback; i++) {
         tm_state_t *state = (i < 0) ? own : runtime_state.tracing[i];
         if (state == NULL || (i >= 0 && state == own)
-            || !PyMutex_LockFast(&state->mutex._bits))
+            || !try_lock_state(state))
         {
             continue;
         }

@@ -23,10 +23,10 @@ extern "C" {
        2. _PyRuntime.tracemalloc.mutex         the registry
        3. interp->tracemalloc.mutex            one interpreter's tables
 
-   Locks 2 and 3 are taken by the allocator hooks, so they are always taken
-   with _Py_LOCK_DONT_DETACH and never held across anything that can detach
-   the thread state, call Python code, or allocate through the hooked
-   allocators (tracemalloc allocates its own memory with the original raw
+   Locks 2 and 3 are taken by the allocator hooks, so waiting for them
+   never detaches the thread state (_Py_LOCK_DONT_DETACH), and they are
+   never held across anything that can detach the thread state, call Python
+   code, or allocate through the hooked allocators (tracemalloc allocates its own memory with the original raw
    allocator).  At most one interpreter mutex is held at a time. */
 
 
@@ -87,10 +87,28 @@ struct tracemalloc_interned {
 };
 
 
+/* The lock of one interpreter's tables (lock 3 above).  In the default
+   build, the interpreter's own threads take it one at a time, since they
+   hold its GIL; only threads from outside (with no thread state, or of
+   another interpreter freeing one of its blocks) can contend with them, and
+   nobody holds it long.  A spinlock then does, and it is released with a
+   plain store, where PyMutex_Unlock() needs an atomic compare-and-exchange
+   to learn whether a waiter is parked: that is a third of the cost of the
+   lock, taken on every allocation and free.  The free-threaded build, whose
+   threads do contend, uses a PyMutex. */
+#ifdef Py_GIL_DISABLED
+typedef PyMutex _PyTraceMalloc_Lock;
+#else
+typedef struct {
+    int locked;
+} _PyTraceMalloc_Lock;
+#endif
+
+
 /* One interpreter's tracemalloc state: interp->tracemalloc. */
 struct _tracemalloc_interp_state {
     /* Protects every field below. */
-    PyMutex mutex;
+    _PyTraceMalloc_Lock mutex;
 
     /* Non-zero while the interpreter traces.  Written under the mutex and
        the runtime mutex (the registry changes with it); the hooks read it

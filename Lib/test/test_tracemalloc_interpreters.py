@@ -1343,15 +1343,20 @@ class TestThreadsLegacy(ThreadsTests, SubinterpreterTestCase):
 
 # --- Lifecycle (in a child process) ------------------------------------------
 
-class TestStartStopConcurrently(unittest.TestCase):
-    """stop() is one step for everyone: its interpreter leaves the tracing
-    interpreters and drops its traces at once.  (The threads run at once
-    only without a GIL; in turn otherwise.)"""
+class MainTracesTestCase(unittest.TestCase):
+    """The test starts tracemalloc in the main interpreter, which must not
+    trace before; it is stopped after."""
 
     def setUp(self):
         if tracemalloc.is_tracing():
             self.skipTest('tracemalloc must be stopped before the test')
         self.addCleanup(tracemalloc.stop)
+
+
+class TestStartStopConcurrently(MainTracesTestCase):
+    """stop() is one step for everyone: its interpreter leaves the tracing
+    interpreters and drops its traces at once.  (The threads run at once
+    only without a GIL; in turn otherwise.)"""
 
     @threading_helper.requires_working_threading()
     def test_untrack_without_tstate_while_stopping(self):
@@ -1371,6 +1376,43 @@ class TestStartStopConcurrently(unittest.TestCase):
             return left
 
         self.assertEqual(start_and_stop_meanwhile(untrack_all), 0)
+
+
+class TestThreadsFromOutside(MainTracesTestCase):
+    """A thread from outside the interpreter (here a bare C thread) waits
+    for the interpreter's tables while one of its own threads holds them, for
+    as long as a snapshot of many traces takes."""
+
+    @threading_helper.requires_working_threading()
+    def test_track_without_tstate_while_snapshots_are_taken(self):
+        tracemalloc.start()
+        data = [bytes(100) for _ in range(100_000)]
+        stop = threading.Event()
+
+        def take_snapshots():
+            while not stop.is_set():
+                tracemalloc.take_snapshot()
+
+        thread = threading.Thread(target=take_snapshots)
+        thread.start()
+        try:
+            for i in range(200):
+                ptr = PTR + 16 * i
+                self.assertEqual(_testinternalcapi.tracemalloc_track_rc(
+                    DOMAIN, ptr, SIZE, NO_TSTATE), 0)
+                self.assertEqual(
+                    _testinternalcapi._PyTraceMalloc_GetTraceback(DOMAIN, ptr),
+                    (('<unknown>', 0),))
+                if i % 2:
+                    self.assertEqual(_testinternalcapi.tracemalloc_untrack_rc(
+                        DOMAIN, ptr, NO_TSTATE), 0)
+        finally:
+            stop.set()
+            thread.join()
+        self.assertEqual(domain_size(DOMAIN), 100 * SIZE)
+        traced, total = traced_totals()
+        self.assertEqual(traced, total)
+        del data
 
 
 class TestLifecycle(unittest.TestCase):
