@@ -7,14 +7,15 @@
 #   make VARIANT=<name>       build one variant into build/<name>/
 #   make bench                build release and upstream, benchmark them (build/bench/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
-#   make sanitize             tracemalloc tests + stress under ASan (VARIANT=tsan: TSan)
+#   make sanitize             tracemalloc tests + stress under ASan (VARIANT=tsan or
+#                             tsan-gil: TSan)
 #   make refresh              record edits made in build/src (see README)
 #
 # `make help` lists every target.
 
 VARIANT ?= release
-VARIANTS := release debug ft asan tsan upstream upstream-debug upstream-ft \
-	upstream-asan upstream-tsan
+VARIANTS := release debug ft asan tsan tsan-gil upstream upstream-debug \
+	upstream-ft upstream-asan upstream-tsan upstream-tsan-gil
 JOBS ?= $(shell nproc)
 PYTHON_FOR_TOOLS ?= python3
 
@@ -24,11 +25,13 @@ SRC_debug          := build/src
 SRC_ft             := build/src
 SRC_asan           := build/src
 SRC_tsan           := build/src
+SRC_tsan-gil       := build/src
 SRC_upstream       := build/base
 SRC_upstream-debug := build/base
 SRC_upstream-ft    := build/base
 SRC_upstream-asan  := build/base
 SRC_upstream-tsan  := build/base
+SRC_upstream-tsan-gil := build/base
 
 # configure options per variant.  PGO=1 makes release and upstream PGO+LTO.
 PGO ?=
@@ -41,12 +44,16 @@ CONF_ft             := --disable-gil --with-pydebug
 CONF_asan           := --with-pydebug --with-address-sanitizer --without-pymalloc
 CONF_tsan           := --disable-gil --with-thread-sanitizer
 CC_tsan             := clang
+CONF_tsan-gil       := --with-thread-sanitizer
+CC_tsan-gil         := clang
 CC_asan             := gcc
 # upstream-<variant>: the base built exactly like the fork's <variant>
 CONF_upstream-ft    := $(CONF_ft)
 CONF_upstream-asan  := $(CONF_asan)
 CONF_upstream-tsan  := $(CONF_tsan)
 CC_upstream-tsan    := $(CC_tsan)
+CONF_upstream-tsan-gil := $(CONF_tsan-gil)
+CC_upstream-tsan-gil   := $(CC_tsan-gil)
 CC_upstream-asan    := $(CC_asan)
 
 ifeq ($(filter $(VARIANT),$(VARIANTS)),)
@@ -140,18 +147,23 @@ stress:
 	@build/$(VARIANT_STRESS)/python Tools/tracemalloc/stress.py \
 	    --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
 
-# Sanitizer runs (VARIANT=asan, the default, or tsan): the tracemalloc tests
-# and a stress run, failing on any sanitizer report.  Leak reports are off,
-# as in CPython's own CI; TSan uses CPython's suppressions for the
-# free-threaded build and ours (each entry says why it is there).
+# Sanitizer runs (VARIANT=asan, the default, tsan or tsan-gil): the
+# tracemalloc tests and a stress run, failing on any sanitizer report.  Leak
+# reports are off, as in CPython's own CI; TSan uses CPython's suppressions
+# for the build (free-threaded or default) and ours (each entry says why it
+# is there).
 SAN_ENV_asan := ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:handle_segv=0
 SAN_ENV_tsan := TSAN_OPTIONS="halt_on_error=0:exitcode=66:suppressions=$(CURDIR)/build/tsan.supp"
+SAN_ENV_tsan-gil := $(SAN_ENV_tsan)
+TSAN_SUPP_tsan := build/src/Tools/tsan/suppressions_free_threading.txt
+TSAN_SUPP_tsan-gil := build/src/Tools/tsan/suppressions.txt
 sanitize: VARIANT_SAN = $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),asan)
 sanitize:
-	@case "$(VARIANT_SAN)" in asan|tsan) ;; \
-	    *) echo "make sanitize: VARIANT must be asan or tsan"; exit 2;; esac
+	@case "$(VARIANT_SAN)" in asan|tsan|tsan-gil) ;; \
+	    *) echo "make sanitize: VARIANT must be asan, tsan or tsan-gil"; \
+	       exit 2;; esac
 	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_SAN)
-	@cat build/src/Tools/tsan/suppressions_free_threading.txt \
+	@cat $(or $(TSAN_SUPP_$(VARIANT_SAN)),$(TSAN_SUPP_tsan)) \
 	    Tools/tsan/tracemalloc_suppressions.txt > build/tsan.supp
 	@$(SAN_ENV_$(VARIANT_SAN)) $(PYTHON_FOR_TOOLS) scripts/run-tests.py \
 	    build/$(VARIANT_SAN)/python test_tracemalloc $(FORK_TESTS)
