@@ -169,25 +169,6 @@ def run_threads(filename):
     return kept
 
 
-def start_and_stop_meanwhile(func):
-    """Return func(), called while another thread starts and stops tracing
-    in a loop."""
-    done = threading.Event()
-
-    def start_and_stop():
-        while not done.is_set():
-            tracemalloc.start()
-            tracemalloc.stop()
-
-    thread = threading.Thread(target=start_and_stop)
-    thread.start()
-    try:
-        return func()
-    finally:
-        done.set()
-        thread.join()
-
-
 def run_in(interp, source, **shared):
     """Run source in interp, in its __main__ module, and return the value
     (a literal) it assigns to `result`; raise RuntimeError if it fails.
@@ -252,6 +233,25 @@ def child_script(source):
     """The source of a child process: the helpers, then source."""
     return '\n'.join([PRELUDE, f'PRELUDE = {PRELUDE!r}',
                       'import _interpreters', textwrap.dedent(source)])
+
+
+def start_and_stop_meanwhile(func):
+    """Return func(), called while another thread starts and stops tracing
+    in a loop."""
+    done = threading.Event()
+
+    def start_and_stop():
+        while not done.is_set():
+            tracemalloc.start()
+            tracemalloc.stop()
+
+    thread = threading.Thread(target=start_and_stop)
+    thread.start()
+    try:
+        return func()
+    finally:
+        done.set()
+        thread.join()
 
 
 class SubinterpreterTestCase(unittest.TestCase):

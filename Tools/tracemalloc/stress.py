@@ -269,6 +269,16 @@ def check_frames(frames, what):
         violation(f'{what}: traceback with foreign frames: {frames}')
 
 
+def check_allocated_here(frames, what):
+    """what, allocated by this interpreter's ALLOC code while it traced,
+    must have a traceback that starts there."""
+    if frames is None:
+        violation(f'{what} allocated while tracing has no traceback')
+    elif frames[0][0] != MARK_ALLOC:
+        violation(f'{what} allocated by {MARK_ALLOC} has the traceback '
+                  f'{frames}')
+
+
 class Worker:
     """One thread of the random mix."""
 
@@ -340,12 +350,7 @@ class Worker:
         check_frames(frames, f'get_object_traceback({kind})')
         if kind in EXACT_KINDS and tracing and stable(epoch):
             self.checks += 1
-            if frames is None:
-                violation(f'{kind} object of {n} bytes allocated while '
-                          f'tracing has no traceback')
-            elif frames[0][0] != MARK_ALLOC:
-                violation(f'{kind} object allocated by {MARK_ALLOC} has '
-                          f'the traceback {frames}')
+            check_allocated_here(frames, f'{kind} object of {n} bytes')
 
     # --- raw buffers
 
@@ -365,12 +370,7 @@ class Worker:
         check_frames(frames, f'raw block ({how})')
         if tracing and stable(epoch):
             self.checks += 1
-            if frames is None:
-                violation(f'raw block of {n} bytes allocated while tracing '
-                          f'({how}) is not traced')
-            elif frames[0][0] != MARK_ALLOC:
-                violation(f'raw block allocated by {MARK_ALLOC} ({how}) '
-                          f'has the traceback {frames}')
+            check_allocated_here(frames, f'raw block of {n} bytes ({how})')
 
     def op_raw_free(self):
         if self.raws:
