@@ -7,8 +7,8 @@
 #   make VARIANT=<name>       build one variant into build/<name>/
 #   make bench                build release and upstream, benchmark them (build/bench/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
-#   make sanitize             tracemalloc tests + stress under ASan (VARIANT=tsan or
-#                             tsan-gil: TSan)
+#   make sanitize             tracemalloc tests + stress under ASan
+#                             (VARIANT=tsan or tsan-gil: TSan)
 #   make refresh              record edits made in build/src (see README)
 #
 # `make help` lists every target.

@@ -402,9 +402,9 @@ tracemalloc_clear_filename(void *value)
    table of windows (the last one found is remembered).  A leaf that
    empties stays where it is, for the blocks allocated there next, until
    the window table is rebuilt for want of room, which drops the empty
-   leaves (and may shrink the table).  A
-   leaf takes 128 bytes: 12 to 15 bytes per block where small objects lie
-   densely, against 20 to 25 bytes per trace in the spill below.
+   leaves (and may shrink the table).  A leaf takes 128 bytes: 12 to 15
+   bytes per block where small objects lie densely, against 20 to 25 bytes
+   per trace in the spill below.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which

@@ -26,8 +26,9 @@ extern "C" {
    Locks 2 and 3 are taken by the allocator hooks, so waiting for them
    never detaches the thread state (_Py_LOCK_DONT_DETACH), and they are
    never held across anything that can detach the thread state, call Python
-   code, or allocate through the hooked allocators (tracemalloc allocates its own memory with the original raw
-   allocator).  At most one interpreter mutex is held at a time. */
+   code, or allocate through the hooked allocators (tracemalloc allocates
+   its own memory with the original raw allocator).  At most one
+   interpreter mutex is held at a time. */
 
 
 /* Trace memory blocks allocated by PyMem_RawMalloc() */
