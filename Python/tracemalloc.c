@@ -29,6 +29,7 @@
 #include "pycore_interp.h"        // PyInterpreterState.tracemalloc
 #include "pycore_lock.h"          // PyMutex_LockFlags()
 #include "pycore_object.h"        // _PyType_PreHeaderSize()
+#include "pycore_pymem.h"         // _PyMem_DebugEnabled()
 #include "pycore_pystate.h"       // _PyThreadState_GET()
 #include "pycore_runtime.h"       // _Py_ID()
 #include "pycore_traceback.h"     // _Py_DumpASCII()
@@ -72,6 +73,17 @@ static const unsigned long MAX_NFRAME = Py_MIN(UINT16_MAX, ((SIZE_MAX - sizeof(t
 
 typedef struct tracemalloc_traces traces_t;
 
+/* A trace that the hooks dropped before the allocator saw its block: kept
+   to be put back if a realloc() fails, and for the debug hooks to report
+   if the free or realloc() finds the block damaged. */
+typedef struct {
+    tm_state_t *state;          /* whose trace it was; NULL if nobody's */
+    uint64_t generation;        /* of state's tables then */
+    interned_t *interned;       /* where its traceback is */
+    size_t size;
+    uint32_t traceback;
+} dropped_t;
+
 
 /* Capturing a traceback walks the frames, decodes a line number for each
    one and interns the result.  Decoding (PyCode_Addr2Line()) and interning
@@ -82,12 +94,24 @@ typedef struct tracemalloc_traces traces_t;
    Both are keyed by code object addresses, and are valid only while
    state->code_epoch is the value they were filled with: code_dealloc()
    bumps it whenever a code object dies, before its address can be
-   reused. */
+   reused.
 
-#define LINE_CACHE_SIZE 4096    /* a power of two */
-/* The traceback cache holds at most this many frame keys in all, and
-   between 16 and 1024 tracebacks (a power of two). */
+   A session starts with small caches and buffers, whatever its traceback
+   limit: each grows with what is captured (a cache when it has missed
+   more often than it has entries, the buffers when a traceback is deeper
+   than they are), so that an interpreter of a pool that allocates little
+   pays little. */
+
+#define MIN_LINE_CACHE_SIZE 256     /* powers of two */
+#define MAX_LINE_CACHE_SIZE 4096
+/* The traceback cache holds between 16 and 1024 tracebacks (a power of
+   two), with at most this many frame keys in all, */
 #define TRACEBACK_CACHE_KEYS 8192
+#define MIN_TRACEBACK_CACHE_ENTRIES 16
+/* and only tracebacks of at most this many frames. */
+#define MAX_CACHED_NFRAME 64
+/* The capture buffers start with room for this many frames. */
+#define MIN_CAPTURE_FRAMES 16
 
 typedef struct {
     PyCodeObject *code;
@@ -110,16 +134,27 @@ typedef struct {
 } traceback_entry_t;
 
 struct tracemalloc_capture_cache {
-    line_entry_t lines[LINE_CACHE_SIZE];
+    /* Direct mapped by code object and instruction */
+    line_entry_t *lines;
+    size_t nlines;              /* a power of two */
+    size_t line_misses;         /* since lines was made */
     /* Direct mapped by the hash of the key */
     traceback_entry_t *tracebacks;
     size_t ntracebacks;         /* a power of two */
+    size_t max_ntracebacks;     /* what ntracebacks may grow to */
+    size_t traceback_misses;    /* since tracebacks was made */
     int tb_shift;               /* 64 - log2(ntracebacks) */
+    /* The session's traceback limit, and the frames an entry keeps */
     int max_nframe;
-    /* max_nframe frame keys per entry of tracebacks */
+    int entry_nframe;
+    /* entry_nframe frame keys per entry of tracebacks */
     frame_key_t *tb_keys;
-    /* Scratch space for the key of the traceback being captured. */
+    /* Where the key of the traceback being captured goes, and the frames
+       of its traceback: room for capacity frames each, at most
+       max_nframe. */
+    int capacity;
     frame_key_t *keys;
+    traceback_t *traceback;
 };
 
 typedef struct tracemalloc_capture_cache capture_cache_t;
@@ -136,10 +171,24 @@ static _Py_thread_local int reentrant = 0;
    interpreter, under their locks).  NULL if none. */
 static _Py_thread_local void *untraced_block = NULL;
 
+/* The trace of untraced_block, if the debug hooks may report it (see
+   _PyMem_DumpTraceback()), or NULL. */
+static _Py_thread_local const dropped_t *untraced_trace = NULL;
+
 /* The state of the interpreter whose thread state was last seen attached
    in this thread by the hooks: where a block allocated later with no
    attached thread state goes, if that interpreter is still registered as
-   tracing.  Never dereferenced before the registry vouches for it. */
+   tracing.  Never dereferenced before the registry vouches for it.
+
+   It is compared by address only.  If its interpreter is deleted and a
+   new one is made at the same address, a thread that outlived the first
+   one and allocates with no thread state gives its blocks to the second,
+   if that one traces.  That is safe: the state is registered, so alive,
+   and whoever frees such a block finds it through the registry as for any
+   other.  The only cost is a block attributed to an interpreter that did
+   not ask for it, from a thread that no longer belongs to any, which is
+   no worse than the main interpreter a thread Python did not create gives
+   its blocks to. */
 static _Py_thread_local tm_state_t *last_attached = NULL;
 
 /* The block this thread allocated last through the hooks, traced there or
@@ -296,6 +345,119 @@ raw_free(void *ptr)
 }
 
 
+/* --- The owner map ------------------------------------------------------ */
+
+/* An interpreter that does not trace frees blocks nobody traces nearly all
+   the time, and must learn that without a lock: asking each tracing
+   interpreter under its lock made every free of a pool of isolated
+   interpreters wait for the one that traces.  The owner map counts the
+   traces of every tracing interpreter by region of address space, and
+   says whose they are: an entry packs the number of traces in the regions
+   that map to it with the tag of the tracing session that made them all
+   (OWNER_SHARED if two sessions did, OWNER_NONE if there are none).  A free
+   need look further only if its entry counts traces of another session
+   than the caller's.
+
+   Regions are 64 KiB, the size of four pymalloc pools: each isolated
+   interpreter has its own arenas, and glibc gives each thread its own
+   arena, so the regions of interpreters that share nothing rarely mix.
+   The map is indexed by the region's address modulo its size, so the
+   regions of one heap use neighbouring entries, and only the pages of the
+   map that are used take memory.
+
+   Why a count read without a lock is enough: the trace of a block is
+   counted before the hook that allocated it returns, so any thread that
+   frees the block later was handed it after the count was made, and
+   reads it, or a later value of the entry, which keeps its tag other than
+   the caller's until every trace it counts is gone.  A count of a trace
+   removed meanwhile only sends a free the slow way.  Counts are removed
+   after the traces are, never before. */
+
+#define REGION_SHIFT 16
+#define OWNER_MAP_BITS 20
+#define OWNER_NONE 0
+#define OWNER_SHARED UINT32_MAX
+
+/* The owner map: 1 << OWNER_MAP_BITS entries, count | tag << 32.  Made
+   when the hooks are first installed and kept for the life of the process,
+   since a hook may read it at any time (even across a finalization and a
+   new initialization of the runtime). */
+static uint64_t *owner_map = NULL;
+
+static inline uint64_t *
+owner_entry(uint64_t *map, uintptr_t ptr)
+{
+    return &map[(ptr >> REGION_SHIFT)
+                & (((uintptr_t)1 << OWNER_MAP_BITS) - 1)];
+}
+
+/* Called with hooks_mutex held, before a state first joins the registry:
+   whoever counts or uncounts a trace then sees the map through a lock. */
+static int
+owner_map_init(void)
+{
+    if (owner_map == NULL) {
+        uint64_t *map = allocators.raw.calloc(allocators.raw.ctx,
+                                              (size_t)1 << OWNER_MAP_BITS,
+                                              sizeof(uint64_t));
+        if (map == NULL) {
+            return -1;
+        }
+        _Py_atomic_store_ptr_release(&owner_map, map);
+    }
+    return 0;
+}
+
+/* Count n traces of the session tag in ptr's region. */
+static inline void
+owner_map_add(uintptr_t ptr, uint32_t tag, uint32_t n)
+{
+    uint64_t *entry = owner_entry(owner_map, ptr);
+    uint64_t old = _Py_atomic_load_uint64_relaxed(entry);
+    uint64_t new;
+    do {
+        uint32_t count = (uint32_t)old;
+        uint32_t owner = (uint32_t)(old >> 32);
+        assert(count <= UINT32_MAX - n);
+        if (count != 0 && owner != tag) {
+            owner = OWNER_SHARED;
+        }
+        else {
+            owner = tag;
+        }
+        new = ((uint64_t)owner << 32) | (count + n);
+    } while (!_Py_atomic_compare_exchange_uint64(entry, &old, new));
+}
+
+/* Uncount n traces in ptr's region, which were counted. */
+static inline void
+owner_map_remove(uintptr_t ptr, uint32_t n)
+{
+    uint64_t *entry = owner_entry(owner_map, ptr);
+    uint64_t old = _Py_atomic_load_uint64_relaxed(entry);
+    uint64_t new;
+    do {
+        uint32_t count = (uint32_t)old;
+        assert(count >= n);
+        /* the last trace gone, the region belongs to nobody */
+        new = (count == n) ? 0 : old - n;
+    } while (!_Py_atomic_compare_exchange_uint64(entry, &old, new));
+}
+
+/* May a session other than tag (OWNER_NONE: any session) trace ptr?  Read
+   without any lock: see above. */
+static inline int
+owner_map_others_may_trace(uintptr_t ptr, uint32_t tag)
+{
+    uint64_t *map = _Py_atomic_load_ptr_acquire(&owner_map);
+    if (map == NULL) {
+        return 1;  /* no session has started yet: ask the registry */
+    }
+    uint64_t entry = _Py_atomic_load_uint64_relaxed(owner_entry(map, ptr));
+    return (uint32_t)entry != 0 && (uint32_t)(entry >> 32) != tag;
+}
+
+
 /* --- Hash tables --------------------------------------------------------- */
 
 static Py_uhash_t
@@ -401,8 +563,9 @@ tracemalloc_clear_filename(void *value)
    share cache lines.  The leaves are found through an open addressing
    table of windows (the last one found is remembered).  A leaf that
    empties stays where it is, for the blocks allocated there next, until
-   the window table is rebuilt for want of room, which drops the empty
-   leaves (and may shrink the table).  A leaf takes 128 bytes: 12 to 15
+   the window table is rebuilt, for want of room or once most leaves are
+   empty (a burst of blocks was freed), which drops the empty leaves and
+   may shrink the table.  A leaf takes 128 bytes: 12 to 15
    bytes per block where small objects lie densely, against 20 to 25 bytes
    per trace in the spill below.
 
@@ -421,7 +584,8 @@ tracemalloc_clear_filename(void *value)
    that growing copies one shard at a time.  A shard grows by a quarter
    when 80% full.  Small shards grow by several quarters at once, up to
    twice their size: copying them over and over would cost more than the
-   memory saved. */
+   memory saved.  A shard that empties to below 20% shrinks to 40%, so that
+   the memory of a burst of traces is given back once they are gone. */
 
 #define GRAIN_SHIFT (SIZEOF_VOID_P == 8 ? 4 : 3)   /* two pointers */
 #define WINDOW_BITS 5
@@ -443,6 +607,7 @@ tracemalloc_clear_filename(void *value)
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
 #define MAX_LOAD_PERCENT 80
+#define MIN_LOAD_PERCENT 20         /* below it, a shard shrinks */
 #define SMALL_SHARD_CAPACITY 4096   /* below it, grow to about twice the size */
 #define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
 #define DIST_MAX 255                /* the distance is computed */
@@ -487,6 +652,11 @@ struct tracemalloc_traces {
     _Py_hashtable_t *big;
     /* Number of traces in the spill, by spilled_count() of their window */
     uint32_t spilled[1 << SPILLED_BITS];
+    /* The trace of UINTPTR_MAX, which only the C API can track: its key in
+       the spill would be that of an empty slot. */
+    int has_top;
+    uint32_t top_traceback;
+    size_t top_size;
 };
 
 
@@ -609,6 +779,35 @@ next_capacity(uint64_t capacity)
     return Py_MAX(MIN_SHARD_CAPACITY, capacity + capacity / 4 + 1);
 }
 
+/* Move the keys of the shard to new slots, capacity of them (0: none). */
+static int
+shard_resize(shard_t *shard, uint64_t capacity)
+{
+    assert(capacity * MAX_LOAD_PERCENT / 100 >= shard->count);
+    if (capacity > UINT32_MAX) {
+        return -1;
+    }
+    slot_t *slots = NULL;
+    if (capacity != 0) {
+        slots = allocators.raw.calloc(allocators.raw.ctx, (size_t)capacity,
+                                      sizeof(slot_t));
+        if (slots == NULL) {
+            return -1;
+        }
+    }
+    shard_t resized = {slots, (uint32_t)capacity, 0,
+                       (uint32_t)(capacity * MAX_LOAD_PERCENT / 100)};
+    for (uint32_t i = 0; i < shard->capacity; i++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key != 0) {
+            shard_insert(&resized, *slot);
+        }
+    }
+    raw_free(shard->slots);
+    *shard = resized;
+    return 0;
+}
+
 static int
 shard_grow(shard_t *shard)
 {
@@ -618,25 +817,26 @@ shard_grow(shard_t *shard)
     {
         capacity = next_capacity(capacity);
     }
-    if (capacity > UINT32_MAX) {
-        return -1;
+    return shard_resize(shard, capacity);
+}
+
+/* After a removal: give back the memory of a shard that has emptied to
+   below MIN_LOAD_PERCENT, down to a load half the maximum. */
+static inline void
+shard_maybe_shrink(shard_t *shard)
+{
+    if (shard->capacity <= MIN_SHARD_CAPACITY
+        || ((uint64_t)shard->count * 100
+            >= (uint64_t)shard->capacity * MIN_LOAD_PERCENT))
+    {
+        return;
     }
-    slot_t *slots = allocators.raw.calloc(allocators.raw.ctx,
-                                          (size_t)capacity, sizeof(slot_t));
-    if (slots == NULL) {
-        return -1;
+    uint64_t capacity = Py_MAX(MIN_SHARD_CAPACITY,
+                               (uint64_t)shard->count * 200
+                               / MAX_LOAD_PERCENT);
+    if (capacity < shard->capacity) {
+        (void)shard_resize(shard, capacity);  /* or stay as it is */
     }
-    shard_t grown = {slots, (uint32_t)capacity, 0,
-                     (uint32_t)(capacity * MAX_LOAD_PERCENT / 100)};
-    for (uint32_t i = 0; i < shard->capacity; i++) {
-        slot_t *slot = &shard->slots[i];
-        if (slot->key != 0) {
-            shard_insert(&grown, *slot);
-        }
-    }
-    raw_free(shard->slots);
-    *shard = grown;
-    return 0;
 }
 
 /* Remove the slot's key, shifting the keys displaced after it back. */
@@ -724,7 +924,17 @@ spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
           size_t *old_size)
 {
     if (ptr == UINTPTR_MAX) {
-        return -1;  /* its key would be 0, the empty slot */
+        int had = traces->has_top;
+        if (had) {
+            *old_size = traces->top_size;
+        }
+        else {
+            traces->has_top = 1;
+            traces->count++;
+        }
+        traces->top_size = size;
+        traces->top_traceback = traceback;
+        return had;
     }
     shard_t *shard = shard_of(traces, ptr);
     if (shard->count >= shard->max_count) {
@@ -765,22 +975,39 @@ spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
 }
 
 /* Remove the trace of ptr from the spill.  Return 1 if there was one,
-   storing its size in *size, else 0. */
+   storing its size in *size and, if traceback is not NULL, its traceback
+   in *traceback; else return 0. */
 static int
-spill_pop(traces_t *traces, uintptr_t ptr, size_t *size)
+spill_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
 {
+    if (ptr == UINTPTR_MAX) {
+        if (!traces->has_top) {
+            return 0;
+        }
+        *size = traces->top_size;
+        if (traceback != NULL) {
+            *traceback = traces->top_traceback;
+        }
+        traces->has_top = 0;
+        traces->count--;
+        return 1;
+    }
     shard_t *shard = shard_of(traces, ptr);
     slot_t *slot = shard_find(shard, ptr);
     if (slot == NULL) {
         return 0;
     }
     *size = slot_size(traces, slot);
+    if (traceback != NULL) {
+        *traceback = slot->traceback;
+    }
     if (slot->size == BIG_SIZE) {
         _Py_hashtable_steal(traces->big, TO_PTR(ptr));
     }
     shard_remove(shard, slot);
     (*spilled_count(traces, ptr))--;
     traces->count--;
+    shard_maybe_shrink(shard);
     return 1;
 }
 
@@ -998,9 +1225,44 @@ traces_new(void)
     return allocators.raw.calloc(allocators.raw.ctx, 1, sizeof(traces_t));
 }
 
+/* The traces of a table that left its state leave the owner map, a leaf
+   at a time: a window lies within one region. */
+static void
+traces_uncount(traces_t *traces)
+{
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        if (slot->window == 0) {
+            continue;
+        }
+        uint32_t n = 0;
+        for (int j = 0; j < WINDOW_GRAINS; j++) {
+            n += (slot->leaf->entries[j] != 0);
+        }
+        if (n != 0) {
+            owner_map_remove((slot->window - 1) << WINDOW_SHIFT, n);
+        }
+    }
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *shard = &traces->shards[i];
+        for (uint32_t j = 0; j < shard->capacity; j++) {
+            if (shard->slots[j].key != 0) {
+                owner_map_remove(~shard->slots[j].key, 1);
+            }
+        }
+    }
+    if (traces->has_top) {
+        owner_map_remove(UINTPTR_MAX, 1);
+    }
+}
+
+/* Destroy a table whose traces are no longer reachable from a state. */
 static void
 traces_destroy(traces_t *traces)
 {
+    if (traces->count != 0) {
+        traces_uncount(traces);
+    }
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         if (traces->windows[i].window != 0) {
             raw_free(traces->windows[i].leaf);
@@ -1042,6 +1304,11 @@ traces_get(traces_t *traces, uintptr_t ptr, size_t *size,
         *size = entry_size(*entry);
         *traceback = entry_traceback(*entry);
         return 1;
+    }
+    if (ptr == UINTPTR_MAX) {
+        *size = traces->top_size;
+        *traceback = traces->top_traceback;
+        return traces->has_top;
     }
     slot_t *slot = may_be_spilled(traces, ptr) ? spill_find(traces, ptr)
                                                : NULL;
@@ -1096,7 +1363,8 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
         return 1;
     }
     traces->count++;
-    if (may_be_spilled(traces, ptr) && spill_pop(traces, ptr, old_size))
+    if (may_be_spilled(traces, ptr)
+        && spill_pop(traces, ptr, old_size, NULL))
     {
         return 1;  /* the trace moved from the spill to the leaf */
     }
@@ -1127,18 +1395,27 @@ traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
 }
 
 /* Remove the trace of ptr.  Return 1 if there was one, storing its size in
-   *size, else 0. */
+   *size and, if traceback is not NULL, its traceback in *traceback; else
+   return 0. */
 static inline Py_ALWAYS_INLINE int
-traces_pop(traces_t *traces, uintptr_t ptr, size_t *size)
+traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
 {
     uint32_t *entry = find_entry(traces, ptr);
     if (entry != NULL && *entry != 0) {
         *size = entry_size(*entry);
+        if (traceback != NULL) {
+            *traceback = entry_traceback(*entry);
+        }
         *entry = 0;
         traces->count--;
+        if (traces->nwindows > 2 * traces->count + MIN_WINDOWS_CAPACITY) {
+            /* Most leaves are empty: a burst of blocks was freed. */
+            (void)windows_rebuild(traces);  /* or stay as it is */
+        }
         return 1;
     }
-    return may_be_spilled(traces, ptr) && spill_pop(traces, ptr, size);
+    return (may_be_spilled(traces, ptr)
+            && spill_pop(traces, ptr, size, traceback));
 }
 
 
@@ -1303,15 +1580,38 @@ traceback_hash(traceback_t *traceback)
 
 
 /* The line number of a frame, from the cache when it has it. */
+/* Make the line cache four times larger, and empty, once it has missed
+   more often than it has entries. */
+static void
+grow_line_cache(capture_cache_t *cache)
+{
+    size_t n = cache->nlines * 4;
+    line_entry_t *lines = allocators.raw.calloc(allocators.raw.ctx, n,
+                                                sizeof(line_entry_t));
+    if (lines == NULL) {
+        return;  /* it is only a cache */
+    }
+    raw_free(cache->lines);
+    cache->lines = lines;
+    cache->nlines = n;
+    cache->line_misses = 0;
+}
+
 static unsigned int
 cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
 {
     uintptr_t h = ((uintptr_t)key.code >> 4) ^ ((uintptr_t)key.lasti * 31);
-    line_entry_t *entry = &cache->lines[h & (LINE_CACHE_SIZE - 1)];
+    line_entry_t *entry = &cache->lines[h & (cache->nlines - 1)];
     if (entry->key.code == key.code && entry->key.lasti == key.lasti
         && entry->epoch == epoch)
     {
         return entry->lineno;
+    }
+    if (++cache->line_misses > cache->nlines
+        && cache->nlines < MAX_LINE_CACHE_SIZE)
+    {
+        grow_line_cache(cache);
+        entry = &cache->lines[h & (cache->nlines - 1)];
     }
     int lineno = PyCode_Addr2Line(key.code,
                                   key.lasti * (int)sizeof(_Py_CODEUNIT));
@@ -1322,20 +1622,53 @@ cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
 }
 
 
+/* Make room for twice as many frames in the capture buffers, at most
+   max_nframe. */
+static Py_NO_INLINE int
+grow_capture_buffers(capture_cache_t *cache)
+{
+    int capacity = (int)Py_MIN(2 * (size_t)cache->capacity,
+                               (size_t)cache->max_nframe);
+    assert(capacity > cache->capacity);
+    frame_key_t *keys = allocators.raw.realloc(allocators.raw.ctx, cache->keys,
+                                  capacity * sizeof(frame_key_t));
+    if (keys == NULL) {
+        return -1;
+    }
+    cache->keys = keys;
+    traceback_t *traceback = allocators.raw.realloc(
+        allocators.raw.ctx, cache->traceback, TRACEBACK_SIZE(capacity));
+    if (traceback == NULL) {
+        return -1;
+    }
+    cache->traceback = traceback;
+    cache->capacity = capacity;
+    return 0;
+}
+
 /* Walk the frames of tstate: store the keys of the first max_nframe in
-   keys, and return the number stored; *total gets the number of frames,
-   up to UINT16_MAX, and *hash the hash of the whole key. */
+   cache->keys, and return the number stored, or -1 on memory error;
+   *total gets the number of frames, up to UINT16_MAX, and *hash the hash
+   of the whole key. */
 static inline int
-capture_keys(PyThreadState *tstate, int max_nframe, frame_key_t *keys,
+capture_keys(PyThreadState *tstate, capture_cache_t *cache,
              int *total, uint64_t *hash)
 {
     int nframe = 0, count = 0;
+    int max_nframe = cache->max_nframe;
+    frame_key_t *keys = cache->keys;
     uint64_t h = 0;
     _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
     for (; pyframe != NULL && count < UINT16_MAX;
          pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
     {
         if (nframe < max_nframe) {
+            if (nframe == cache->capacity) {
+                if (grow_capture_buffers(cache) < 0) {
+                    return -1;
+                }
+                keys = cache->keys;
+            }
             PyCodeObject *code = _PyFrame_GetCode(pyframe);
             int lasti = _PyInterpreterFrame_LASTI(pyframe);
             keys[nframe].code = code;
@@ -1361,7 +1694,7 @@ traceback_entry(capture_cache_t *cache, uint64_t hash)
 static frame_key_t *
 entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
 {
-    return cache->tb_keys + (entry - cache->tracebacks) * cache->max_nframe;
+    return cache->tb_keys + (entry - cache->tracebacks) * cache->entry_nframe;
 }
 
 /* The interned traceback of the key in cache->keys, or NULL. */
@@ -1376,6 +1709,7 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
     {
         return NULL;
     }
+    assert(nframe <= cache->entry_nframe);
     frame_key_t *keys = entry_keys(cache, entry);
     for (int i = 0; i < nframe; i++) {
         if (cache->keys[i].code != keys[i].code
@@ -1387,10 +1721,42 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
     return entry->traceback;
 }
 
+/* Make the traceback cache twice larger, and empty, once it has missed
+   more often than it has entries. */
+static void
+grow_traceback_cache(capture_cache_t *cache)
+{
+    size_t n = cache->ntracebacks * 2;
+    traceback_entry_t *tracebacks = allocators.raw.calloc(
+        allocators.raw.ctx, n, sizeof(traceback_entry_t));
+    frame_key_t *tb_keys = raw_malloc(n * (size_t)cache->entry_nframe
+                                      * sizeof(frame_key_t));
+    if (tracebacks == NULL || tb_keys == NULL) {
+        raw_free(tracebacks);
+        raw_free(tb_keys);
+        return;  /* it is only a cache */
+    }
+    raw_free(cache->tracebacks);
+    raw_free(cache->tb_keys);
+    cache->tracebacks = tracebacks;
+    cache->tb_keys = tb_keys;
+    cache->ntracebacks = n;
+    cache->tb_shift--;
+    cache->traceback_misses = 0;
+}
+
 static void
 cache_traceback(capture_cache_t *cache, traceback_t *traceback, int nframe,
                 int total, uint64_t hash, uint64_t epoch)
 {
+    if (nframe > cache->entry_nframe) {
+        return;  /* too deep to keep */
+    }
+    if (++cache->traceback_misses > cache->ntracebacks
+        && cache->ntracebacks < cache->max_ntracebacks)
+    {
+        grow_traceback_cache(cache);
+    }
     traceback_entry_t *entry = traceback_entry(cache, hash);
     memcpy(entry_keys(cache, entry), cache->keys,
            (size_t)nframe * sizeof(frame_key_t));
@@ -1447,7 +1813,7 @@ traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
                 uint64_t epoch, int use_cache)
 {
     capture_cache_t *cache = state->cache;
-    traceback_t *traceback = state->traceback;
+    traceback_t *traceback = cache->traceback;
     traceback->nframe = (uint16_t)nframe;
     traceback->total_nframe = (uint16_t)total;
     for (int i = 0; i < nframe; i++) {
@@ -1481,12 +1847,11 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
     int total;
     uint64_t hash;
-    int nframe = capture_keys(tstate, state->max_nframe, cache->keys,
-                              &total, &hash);
-    if (nframe == 0) {
-        return &runtime_state.empty_traceback;
+    int nframe = capture_keys(tstate, cache, &total, &hash);
+    if (nframe <= 0) {
+        return nframe == 0 ? &runtime_state.empty_traceback : NULL;
     }
-    if (take_refs) {
+    if (take_refs && nframe <= cache->entry_nframe) {
         traceback_t *cached = cached_traceback(cache, nframe, total,
                                                hash, epoch);
         if (cached != NULL) {
@@ -1524,23 +1889,29 @@ find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
 
 
 /* Remove the trace of ptr, if the state has one; return 1 if it had,
-   storing the block's size in *size. */
+   describing it in *dropped if dropped is not NULL. */
 static inline Py_ALWAYS_INLINE int
 remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
-             size_t *size)
+             dropped_t *dropped)
 {
     if (!state->tracing) {
         return 0;
     }
     traces_t *traces = get_traces_table(state, domain);
     size_t old_size;
-    if (traces == NULL || !traces_pop(traces, ptr, &old_size)) {
+    uint32_t traceback;
+    if (traces == NULL
+        || !traces_pop(traces, ptr, &old_size,
+                       dropped != NULL ? &traceback : NULL))
+    {
         return 0;
     }
+    owner_map_remove(ptr, 1);
     assert(state->traced_memory >= old_size);
     state->traced_memory -= old_size;
-    if (size != NULL) {
-        *size = old_size;
+    if (dropped != NULL) {
+        *dropped = (dropped_t){state, state->generation, state->interned,
+                               old_size, traceback};
     }
     return 1;
 }
@@ -1549,10 +1920,10 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 /* remove_trace() with the state's mutex taken and released. */
 static inline Py_ALWAYS_INLINE int
 remove_trace_locked(tm_state_t *state, unsigned int domain, uintptr_t ptr,
-                    size_t *size)
+                    dropped_t *dropped)
 {
     lock_state(state);
-    int found = remove_trace(state, domain, ptr, size);
+    int found = remove_trace(state, domain, ptr, dropped);
     unlock_state(state);
     return found;
 }
@@ -1595,6 +1966,9 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
         assert(state->traced_memory >= old_size);
         state->traced_memory -= old_size;
     }
+    else {
+        owner_map_add(ptr, state->owner_tag, 1);
+    }
     assert(state->traced_memory <= SIZE_MAX - size);
     state->traced_memory += size;
     if (state->traced_memory > state->peak_traced_memory) {
@@ -1628,7 +2002,15 @@ is_registered(tm_state_t *state)
 /* The interpreter a block allocated with no attached thread state belongs
    to (see the comment at the top of the file), or NULL; *frames_of, if
    frames_of is not NULL, is set to the thread state whose frames make its
-   traceback, or NULL.  Called with the registry locked. */
+   traceback, or NULL.  Called with the registry locked.
+
+   Those frames are read while other threads of the interpreter run, and
+   may instrument the code objects on them (sys.monitoring, sys.settrace).
+   That is safe: the frames are this thread's own, and cannot be pushed or
+   popped while it is inside the hook; each holds a strong reference to
+   its code object; and the capture reads of a code object only
+   co_filename and co_linetable, which never change after its creation
+   (instrumentation rewrites co_code_adaptive and _co_monitoring). */
 static tm_state_t *
 unattached_owner(PyThreadState **frames_of)
 {
@@ -1707,20 +2089,21 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
    interpreter, own (NULL with no thread state attached), does not trace. */
 static Py_NO_INLINE int
 untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
-                        size_t *size)
+                        dropped_t *dropped)
 {
     int found = 0;
     lock_registry();
+    _Py_atomic_add_uint64(&runtime_state.lookups_elsewhere, 1);
     if (own == NULL) {
         own = unattached_owner(NULL);
         if (own != NULL) {
-            found = remove_trace_locked(own, domain, ptr, size);
+            found = remove_trace_locked(own, domain, ptr, dropped);
         }
     }
     for (Py_ssize_t i = 0; i < runtime_state.ntracing && !found; i++) {
         tm_state_t *state = runtime_state.tracing[i];
         if (state != own) {
-            found = remove_trace_locked(state, domain, ptr, size);
+            found = remove_trace_locked(state, domain, ptr, dropped);
         }
     }
     unlock_registry();
@@ -1732,23 +2115,62 @@ untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
    tracked with the C API and freed without being untracked, its address
    reused.  The caller's interpreter is asked first, or with no thread state
    attached, the one a block allocated there would go to; the other keeps
-   its trace.  Return 1 if one did, storing the block's size in *size. */
+   its trace.  Return 1 if one did, describing the trace in *dropped if
+   dropped is not NULL. */
 static inline Py_ALWAYS_INLINE int
-untrace_block(unsigned int domain, uintptr_t ptr, size_t *size)
+untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
 {
     PyThreadState *tstate = _PyThreadState_GET();
     tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+    uint32_t own_tag = OWNER_NONE;
     if (own != NULL && state_is_tracing(own)) {
-        int found = remove_trace_locked(own, domain, ptr, size);
+        int found = remove_trace_locked(own, domain, ptr, dropped);
         if (found || only_tracer(own)) {
             return found;
         }
+        /* Any session of own will do: see owner_tag. */
+        own_tag = _Py_atomic_load_uint32_relaxed(&own->owner_tag);
     }
     else if (ntracing_hint() == 0) {
         return 0;
     }
+    if (!owner_map_others_may_trace(ptr, own_tag)) {
+        /* the common case of an interpreter that does not trace */
+        return 0;
+    }
     /* Allocated by another interpreter, or by nobody that traces. */
-    return untrace_block_elsewhere(own, domain, ptr, size);
+    return untrace_block_elsewhere(own, domain, ptr, dropped);
+}
+
+
+/* Put back, as it was, a trace that untrace_block() dropped for a
+   realloc() that failed: the block is unchanged, and still belongs to
+   whoever traced it, maybe another interpreter.  Not if that one has
+   stopped or cleared its traces meanwhile. */
+static Py_NO_INLINE void
+restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
+{
+    tm_state_t *state = dropped->state;
+    lock_registry();
+    /* A state is only looked at while registered: it may be gone. */
+    if (is_registered(state)) {
+        lock_state(state);
+        traces_t *traces = get_traces_table(state, domain);
+        size_t old_size;
+        if (state->tracing && state->generation == dropped->generation
+            && traces != NULL
+            && traces_set(traces, ptr, dropped->size, dropped->traceback,
+                          &old_size) == 0)
+        {
+            owner_map_add(ptr, state->owner_tag, 1);
+            state->traced_memory += dropped->size;
+            if (state->traced_memory > state->peak_traced_memory) {
+                state->peak_traced_memory = state->traced_memory;
+            }
+        }
+        unlock_state(state);
+    }
+    unlock_registry();
 }
 
 
@@ -1805,17 +2227,20 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
     reentrant = 1;
     /* Drop the old trace first: once realloc() returns, another thread may
        be handed the old address and trace it. */
-    size_t old_size = 0;
+    dropped_t dropped = {NULL};
     int traced = (ptr != NULL && ntracing_hint() > 0
-                  && untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &old_size));
+                  && untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped));
     void *outer = untraced_block;
+    const dropped_t *outer_trace = untraced_trace;
     untraced_block = ptr;
+    untraced_trace = &dropped;
     void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
     untraced_block = outer;
+    untraced_trace = outer_trace;
     if (ptr2 == NULL) {
         if (traced) {
-            /* The block is unchanged: trace it again (best effort). */
-            (void)trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, old_size);
+            /* The block is unchanged: so is its trace. */
+            restore_trace(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped);
         }
     }
     else if (trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr2, new_size) < 0) {
@@ -1832,6 +2257,22 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
 }
 
 
+/* hook_free() over the debug hooks: they check the block when it is
+   freed, and report where it was allocated if they find it damaged. */
+static Py_NO_INLINE void
+free_reporting_trace(PyMemAllocatorEx *alloc, void *ptr)
+{
+    dropped_t dropped = {NULL};
+    (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped);
+    void *outer = untraced_block;
+    const dropped_t *outer_trace = untraced_trace;
+    untraced_block = ptr;
+    untraced_trace = &dropped;
+    alloc->free(alloc->ctx, ptr);
+    untraced_block = outer;
+    untraced_trace = outer_trace;
+}
+
 static void
 hook_free(PyMemAllocatorEx *alloc, void *ptr)
 {
@@ -1847,6 +2288,10 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     if (ntracing_hint() > 0) {
         if ((uintptr_t)ptr == last_allocated) {
             last_allocated = 0;
+        }
+        if (_Py_atomic_load_int_relaxed(&runtime_state.debug_hooks)) {
+            free_reporting_trace(alloc, ptr);
+            return;
         }
         (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
     }
@@ -1907,6 +2352,8 @@ install_hook(PyMemAllocatorDomain domain, PyMemAllocatorEx *saved,
 static void
 install_hooks(void)
 {
+    _Py_atomic_store_int_relaxed(&runtime_state.debug_hooks,
+                                 _PyMem_DebugEnabled());
 #ifdef TRACE_RAW_MALLOC
     install_hook(PYMEM_DOMAIN_RAW, &allocators.raw, &hooks_raw);
 #endif
@@ -1932,6 +2379,25 @@ remove_hooks(void)
 
 
 /* --- The registry of tracing interpreters -------------------------------- */
+
+/* A tag for a new tracing session.  The tags of the registered sessions
+   are skipped; a session that left the registry may still be uncounting
+   its traces, but its tag comes round again only after 2**32 others.
+   Called with the registry locked. */
+static uint32_t
+new_owner_tag(void)
+{
+    for (;;) {
+        uint32_t tag = ++runtime_state.last_owner_tag;
+        int in_use = (tag == OWNER_NONE || tag == OWNER_SHARED);
+        for (Py_ssize_t i = 0; i < runtime_state.ntracing && !in_use; i++) {
+            in_use = (runtime_state.tracing[i]->owner_tag == tag);
+        }
+        if (!in_use) {
+            return tag;
+        }
+    }
+}
 
 /* Called with the registry locked. */
 static int
@@ -1973,13 +2439,84 @@ unregister_state(tm_state_t *state)
 }
 
 
+/* --- The capture cache of a session ------------------------------------- */
+
+static void
+capture_cache_destroy(capture_cache_t *cache)
+{
+    raw_free(cache->lines);
+    raw_free(cache->tracebacks);
+    raw_free(cache->tb_keys);
+    raw_free(cache->keys);
+    raw_free(cache->traceback);
+    raw_free(cache);
+}
+
+/* The memory the capture cache and buffers take now. */
+static size_t
+capture_cache_size(capture_cache_t *cache)
+{
+    return (sizeof(capture_cache_t)
+            + cache->nlines * sizeof(line_entry_t)
+            + cache->ntracebacks * (sizeof(traceback_entry_t)
+                                    + (size_t)cache->entry_nframe
+                                      * sizeof(frame_key_t))
+            + (size_t)cache->capacity * sizeof(frame_key_t)
+            + TRACEBACK_SIZE(cache->capacity));
+}
+
+static capture_cache_t *
+capture_cache_new(int max_nframe)
+{
+    capture_cache_t *cache = allocators.raw.calloc(allocators.raw.ctx, 1,
+                                                   sizeof(capture_cache_t));
+    if (cache == NULL) {
+        return NULL;
+    }
+    cache->max_nframe = max_nframe;
+    cache->entry_nframe = Py_MIN(max_nframe, MAX_CACHED_NFRAME);
+    /* As many tracebacks as TRACEBACK_CACHE_KEYS allow, in the end */
+    cache->max_ntracebacks = 1024;
+    while (cache->max_ntracebacks > MIN_TRACEBACK_CACHE_ENTRIES
+           && (cache->max_ntracebacks * (size_t)cache->entry_nframe
+               > TRACEBACK_CACHE_KEYS))
+    {
+        cache->max_ntracebacks /= 2;
+    }
+    cache->ntracebacks = MIN_TRACEBACK_CACHE_ENTRIES;
+    cache->tb_shift = 64;
+    for (size_t i = cache->ntracebacks; i > 1; i /= 2) {
+        cache->tb_shift--;
+    }
+    cache->nlines = MIN_LINE_CACHE_SIZE;
+    cache->capacity = Py_MIN(max_nframe, MIN_CAPTURE_FRAMES);
+    cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
+                                         sizeof(line_entry_t));
+    cache->tracebacks = allocators.raw.calloc(allocators.raw.ctx,
+                                              cache->ntracebacks,
+                                              sizeof(traceback_entry_t));
+    cache->tb_keys = raw_malloc(cache->ntracebacks
+                                * (size_t)cache->entry_nframe
+                                * sizeof(frame_key_t));
+    cache->keys = raw_malloc(cache->capacity * sizeof(frame_key_t));
+    cache->traceback = raw_malloc(TRACEBACK_SIZE(cache->capacity));
+    if (cache->lines == NULL || cache->tracebacks == NULL
+        || cache->tb_keys == NULL || cache->keys == NULL
+        || cache->traceback == NULL)
+    {
+        capture_cache_destroy(cache);
+        return NULL;
+    }
+    return cache;
+}
+
+
 /* --- Tables of one interpreter ------------------------------------------- */
 
 /* The tables of a tracing session: built without any lock held, swapped
    into a state under its mutex, destroyed without any lock held. */
 typedef struct {
-    /* Per session: sized for its traceback limit */
-    traceback_t *traceback;
+    /* Per session: for its traceback limit */
     capture_cache_t *cache;
     /* Per session, and replaced by clear_traces() */
     interned_t *interned;
@@ -1999,56 +2536,12 @@ tables_destroy(tables_t *tables)
     if (tables->interned != NULL) {
         interned_destroy(tables->interned);
     }
-    if (tables->traceback != NULL) {
-        raw_free(tables->traceback);
-    }
     if (tables->cache != NULL) {
-        raw_free(tables->cache);
+        capture_cache_destroy(tables->cache);
     }
 }
 
 static void tables_discard(tables_t *tables);
-
-/* The number of tracebacks the capture cache holds. */
-static size_t
-traceback_cache_entries(int max_nframe)
-{
-    size_t n = 1024;
-    while (n > 16 && n * (size_t)max_nframe > TRACEBACK_CACHE_KEYS) {
-        n /= 2;
-    }
-    return n;
-}
-
-/* The capture cache, its traceback entries and their keys: one block. */
-static size_t
-capture_cache_size(int max_nframe)
-{
-    size_t n = traceback_cache_entries(max_nframe);
-    return (sizeof(capture_cache_t) + n * sizeof(traceback_entry_t)
-            + (n + 1) * (size_t)max_nframe * sizeof(frame_key_t));
-}
-
-static capture_cache_t *
-capture_cache_new(int max_nframe)
-{
-    capture_cache_t *cache = allocators.raw.calloc(
-        allocators.raw.ctx, 1, capture_cache_size(max_nframe));
-    if (cache == NULL) {
-        return NULL;
-    }
-    size_t n = traceback_cache_entries(max_nframe);
-    cache->tracebacks = (traceback_entry_t *)(cache + 1);
-    cache->ntracebacks = n;
-    cache->tb_shift = 64;
-    for (size_t i = n; i > 1; i /= 2) {
-        cache->tb_shift--;
-    }
-    cache->max_nframe = max_nframe;
-    cache->tb_keys = (frame_key_t *)(cache->tracebacks + n);
-    cache->keys = cache->tb_keys + n * (size_t)max_nframe;
-    return cache;
-}
 
 /* New tables; with max_nframe == 0, only those clear_traces() replaces. */
 static int
@@ -2056,13 +2549,12 @@ tables_new(tables_t *tables, int max_nframe)
 {
     memset(tables, 0, sizeof(*tables));
     if (max_nframe) {
-        tables->traceback = raw_malloc(TRACEBACK_SIZE(max_nframe));
         tables->cache = capture_cache_new(max_nframe);
     }
     tables->interned = interned_new();
     tables->traces = traces_new();
     tables->domains = domains_table_new();
-    if ((max_nframe && (tables->traceback == NULL || tables->cache == NULL))
+    if ((max_nframe && tables->cache == NULL)
         || tables->interned == NULL || tables->traces == NULL
         || tables->domains == NULL)
     {
@@ -2098,12 +2590,10 @@ tables_swap(tm_state_t *state, tables_t *tables, int session)
     tables->traces = traces;
     tables->domains = domains;
     tables->interned = interned ? interned_release(interned) : NULL;
+    state->generation++;
     if (session) {
-        traceback_t *traceback = state->traceback;
         capture_cache_t *cache = state->cache;
-        state->traceback = tables->traceback;
         state->cache = tables->cache;
-        tables->traceback = traceback;
         tables->cache = cache;
     }
     else if (state->cache != NULL) {
@@ -2165,6 +2655,11 @@ _PyTraceMalloc_Start(int max_nframe)
 
     PyMutex_Lock(&runtime_state.hooks_mutex);
     int res = 0;
+    if (owner_map_init() < 0) {
+        PyErr_NoMemory();
+        res = -1;
+        goto done;
+    }
     lock_registry();
     if (state->tracing) {
         /* another thread of this interpreter started it meanwhile */
@@ -2184,6 +2679,7 @@ _PyTraceMalloc_Start(int max_nframe)
         goto done;
     }
     tables_swap(state, &tables, 1);
+    _Py_atomic_store_uint32_relaxed(&state->owner_tag, new_owner_tag());
     state->max_nframe = max_nframe;
     state->traced_memory = 0;
     state->peak_traced_memory = 0;
@@ -2282,6 +2778,117 @@ _PyTraceMalloc_Fini(void)
         remove_hooks();
     }
     PyMutex_Unlock(&runtime_state.hooks_mutex);
+}
+
+
+/* --- fork() -------------------------------------------------------------- */
+
+/* The state of the main interpreter, locked with the registered ones even
+   if it does not trace: it is the one the child keeps. */
+static tm_state_t *
+main_state(void)
+{
+    PyInterpreterState *interp = _PyInterpreterState_Main();
+    return interp != NULL ? interp_state(interp) : NULL;
+}
+
+/* Called last before fork(), with the thread state attached: no other
+   thread may then hold a lock of tracemalloc, nor be halfway through
+   changing what one protects. */
+void
+_PyTraceMalloc_BeforeFork(void)
+{
+    /* Nobody waits for anything while holding one of these, so they need
+       not detach (see the lock order). */
+    PyMutex_LockFlags(&runtime_state.hooks_mutex, _Py_LOCK_DONT_DETACH);
+    lock_registry();
+    tm_state_t *main = main_state();
+    if (main != NULL && !is_registered(main)) {
+        lock_state(main);
+    }
+    for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
+        lock_state(runtime_state.tracing[i]);
+    }
+}
+
+/* Called first after fork() in the parent. */
+void
+_PyTraceMalloc_AfterFork_Parent(void)
+{
+    tm_state_t *main = main_state();
+    if (main != NULL && !is_registered(main)) {
+        unlock_state(main);
+    }
+    for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
+        unlock_state(runtime_state.tracing[i]);
+    }
+    unlock_registry();
+    PyMutex_Unlock(&runtime_state.hooks_mutex);
+}
+
+/* A lock held by this thread in a child of fork(): other threads of the
+   parent may have been waiting for it, and are gone. */
+static void
+reinit_state_lock(tm_state_t *state)
+{
+#ifdef Py_GIL_DISABLED
+    _PyMutex_at_fork_reinit(&state->mutex);
+#else
+    state->mutex.locked = 0;
+#endif
+}
+
+/* Called first after fork() in the child, where this thread holds every
+   lock of tracemalloc (the other threads are gone), before the other
+   interpreters are deleted: their states leave the registry, their tables
+   are freed, and their filenames leaked (their objects are not to be
+   touched). */
+void
+_PyTraceMalloc_AfterFork_Child(void)
+{
+    tm_state_t *main = main_state();
+    if (main != NULL) {
+        reinit_state_lock(main);
+    }
+    for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
+        reinit_state_lock(runtime_state.tracing[i]);
+    }
+    _PyMutex_at_fork_reinit(&runtime_state.mutex);
+    _PyMutex_at_fork_reinit(&runtime_state.hooks_mutex);
+
+    for (;;) {
+        tm_state_t *other = NULL;
+        lock_registry();
+        for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
+            if (runtime_state.tracing[i] != main) {
+                other = runtime_state.tracing[i];
+                break;
+            }
+        }
+        unlock_registry();
+        if (other == NULL) {
+            break;
+        }
+        stop_tracing(other, 0);
+    }
+}
+
+
+void
+_PyTraceMalloc_LockRegistryForTesting(int lock)
+{
+    if (lock) {
+        lock_registry();
+    }
+    else {
+        unlock_registry();
+    }
+}
+
+uint64_t
+_PyTraceMalloc_GetLookupsElsewhere(void)
+{
+    return _Py_atomic_load_uint64_relaxed(&runtime_state.lookups_elsewhere);
 }
 
 
@@ -2630,6 +3237,10 @@ snapshot_add(snapshot_t *snapshot, interned_t *interned, traces_t *traces,
             }
         }
     }
+    if (traces->has_top) {
+        snapshot_add_trace(snapshot, interned, domain, traces->top_size,
+                           traces->top_traceback);
+    }
 }
 
 static int
@@ -2787,6 +3398,26 @@ find_traceback_for_dump(const void *ptr)
     return traceback;
 }
 
+/* The traceback of a trace the hooks dropped, if its tables are still
+   those of its state.  As above, only tries the locks. */
+static traceback_t *
+dropped_traceback_for_dump(const dropped_t *dropped)
+{
+    traceback_t *traceback = NULL;
+    if (!PyMutex_LockFast(&runtime_state.mutex._bits)) {
+        return NULL;
+    }
+    tm_state_t *state = dropped->state;
+    if (is_registered(state) && try_lock_state(state)) {
+        if (state->generation == dropped->generation) {
+            traceback = dropped->interned->by_index[dropped->traceback];
+        }
+        unlock_state(state);
+    }
+    unlock_registry();
+    return traceback;
+}
+
 /* Dump the traceback where a memory block was allocated into file descriptor
    fd. */
 void
@@ -2797,7 +3428,17 @@ _PyMem_DumpTraceback(int fd, const void *ptr)
                  "allocation traceback\n\n");
         return;
     }
-    traceback_t *traceback = find_traceback_for_dump(ptr);
+    traceback_t *traceback;
+    if (ptr == untraced_block && untraced_trace != NULL
+        && untraced_trace->state != NULL)
+    {
+        /* The block this thread is freeing: the hooks dropped its trace
+           already. */
+        traceback = dropped_traceback_for_dump(untraced_trace);
+    }
+    else {
+        traceback = find_traceback_for_dump(ptr);
+    }
     if (traceback == NULL) {
         return;
     }
@@ -2882,8 +3523,7 @@ _PyTraceMalloc_GetMemory(void)
         size += traces_memory(state->traces);
         size += _Py_hashtable_size(state->domains);
         _Py_hashtable_foreach(state->domains, add_domain_size, &size);
-        size += capture_cache_size(state->max_nframe);
-        size += TRACEBACK_SIZE(state->max_nframe);
+        size += capture_cache_size(state->cache);
     }
     unlock_state(state);
     return size;

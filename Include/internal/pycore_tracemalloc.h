@@ -28,7 +28,9 @@ extern "C" {
    never held across anything that can detach the thread state, call Python
    code, or allocate through the hooked allocators (tracemalloc allocates
    its own memory with the original raw allocator).  At most one
-   interpreter mutex is held at a time. */
+   interpreter mutex is held at a time, except by a thread about to fork
+   (_PyTraceMalloc_BeforeFork()), which takes them all: the others never
+   wait for anything while holding one. */
 
 
 /* Trace memory blocks allocated by PyMem_RawMalloc() */
@@ -116,6 +118,13 @@ struct _tracemalloc_interp_state {
        without a lock as a hint and check it again under the mutex. */
     int tracing;
 
+    /* The tag of the current (or last) tracing session in the owner map
+       (see Python/tracemalloc.c): unique among the sessions whose traces
+       it may still count.  Set under the mutex and the registry mutex when
+       the session starts; the free path reads it without a lock, and any
+       tag of this interpreter's sessions serves it equally. */
+    uint32_t owner_tag;
+
     /* Traceback limit of the current (or last) tracing session; 0 until
        the interpreter first starts tracing, which reads as the default 1. */
     int max_nframe;
@@ -124,19 +133,21 @@ struct _tracemalloc_interp_state {
     size_t traced_memory;
     size_t peak_traced_memory;
 
-    /* Buffer into which a traceback is captured before it is interned. */
-    struct tracemalloc_traceback *traceback;
-
     /* The interned tracebacks of recent frame chains, and line numbers
        per (code object, instruction), so that the frames of a traceback
-       seen before are neither decoded nor interned again (see
-       Python/tracemalloc.c). */
+       seen before are neither decoded nor interned again, and the buffers
+       a traceback is captured into (see Python/tracemalloc.c). */
     struct tracemalloc_capture_cache *cache;
 
     /* Bumped by _PyTraceMalloc_ForgetCode(), atomically and without the
        mutex, each time a code object of the interpreter dies: the cache is
        keyed by code object addresses, which may then be reused. */
     uint64_t code_epoch;
+
+    /* Bumped each time the tables below are replaced (start, stop,
+       clear_traces()): a trace dropped from them is put back only into
+       the same ones. */
+    uint64_t generation;
 
     /* Interned tracebacks and filenames; one reference is the state's. */
     struct tracemalloc_interned *interned;
@@ -179,6 +190,19 @@ struct _tracemalloc_runtime_state {
     uint64_t generation;
     Py_ssize_t capacity;
     struct _tracemalloc_interp_state **tracing;
+
+    /* Non-zero while the hooks wrap PyMem's debug hooks, which may report
+       a block being freed as damaged, with the trace the hooks have just
+       dropped.  Written under hooks_mutex when the hooks are installed;
+       read by the hooks without a lock. */
+    int debug_hooks;
+
+    /* How many untracks looked beyond the calling interpreter, under the
+       registry lock: for the tests.  Atomic. */
+    uint64_t lookups_elsewhere;
+
+    /* The tag given to the last tracing session.  Protected by mutex. */
+    uint32_t last_owner_tag;
 
     /* "<unknown>" line 0: the traceback of a block allocated with no
        Python frame.  Immutable once _PyTraceMalloc_Init() has run. */
@@ -247,6 +271,19 @@ extern void _PyTraceMalloc_ForgetCode(void);
 /* Forget an interpreter that is being deleted: a safety net for
    interpreters deleted without Py_EndInterpreter(), which stops tracing. */
 extern void _PyTraceMalloc_ForgetInterpreter(PyInterpreterState *interp);
+
+/* fork(): take every lock of tracemalloc before, so that the child gets
+   consistent tables; release them after, in the parent, and in the child,
+   where only the main interpreter survives, forget the others. */
+extern void _PyTraceMalloc_BeforeFork(void);
+extern void _PyTraceMalloc_AfterFork_Parent(void);
+extern void _PyTraceMalloc_AfterFork_Child(void);
+
+/* For _testinternalcapi: take or release the lock of the registry of
+   tracing interpreters (with no thread state needed), and read how many
+   untracks looked beyond the calling interpreter. */
+PyAPI_FUNC(void) _PyTraceMalloc_LockRegistryForTesting(int lock);
+PyAPI_FUNC(uint64_t) _PyTraceMalloc_GetLookupsElsewhere(void);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,109 @@
+"""Tests for the memory tracemalloc itself uses.
+
+- A session starts small, whatever its traceback limit: its caches and
+  buffers grow with what it captures.
+- The tables give their memory back once a burst of traces is gone.
+"""
+
+import tracemalloc
+import unittest
+from test.support import import_helper
+
+_testinternalcapi = import_helper.import_module('_testinternalcapi')
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def call_nested(depth, func):
+    """Call func() with depth more frames on the stack."""
+    if depth <= 0:
+        return func()
+    return call_nested(depth - 1, func)
+
+
+class MemoryTestCase(unittest.TestCase):
+
+    def setUp(self):
+        if tracemalloc.is_tracing():
+            self.skipTest("tracemalloc must be stopped before the test")
+        self.addCleanup(tracemalloc.stop)
+
+
+class TestStartCost(MemoryTestCase):
+
+    def check_start_cost(self, nframe):
+        tracemalloc.start(nframe)
+        self.assertLessEqual(tracemalloc.get_tracemalloc_memory(), 64 * KiB)
+
+    def test_start_with_one_frame(self):
+        self.check_start_cost(1)
+
+    def test_start_with_25_frames(self):
+        self.check_start_cost(25)
+
+    def test_start_with_the_highest_limit(self):
+        self.check_start_cost(65535)
+
+    def test_buffers_grow_with_a_deep_traceback(self):
+        tracemalloc.start(1000)
+        data = call_nested(300, lambda: bytes(5000))
+        traceback = tracemalloc.get_object_traceback(data)
+        # all of them: the buffers start with room for 16
+        self.assertGreater(len(traceback), 300)
+        self.assertEqual(traceback[-1].filename, __file__)
+
+    def test_cost_grows_with_what_is_captured(self):
+        tracemalloc.start(200)
+        before = tracemalloc.get_tracemalloc_memory()
+        data = [call_nested(150, lambda: bytes(5000)) for _ in range(3)]
+        self.assertGreater(tracemalloc.get_tracemalloc_memory(), before)
+        del data
+
+
+class TestTablesShrink(MemoryTestCase):
+
+    def burst(self, count, size):
+        blocks = [bytes(size) for _ in range(count)]
+        peak = tracemalloc.get_tracemalloc_memory()
+        del blocks
+        return peak
+
+    def check_shrinks(self, size):
+        tracemalloc.start()
+        before = tracemalloc.get_tracemalloc_memory()
+        peak = self.burst(200_000, size)
+        self.assertGreater(peak, before + MiB)
+        after = tracemalloc.get_tracemalloc_memory()
+        # within 2x of what the traces left need, with room for the
+        # tables' minimum sizes
+        self.assertLess(after, 2 * before + 256 * KiB)
+
+    def test_spilled_traces_shrink(self):
+        # larger than a leaf entry takes: in the spill
+        self.check_shrinks(400)
+
+    def test_leaves_shrink(self):
+        self.check_shrinks(50)
+
+    def test_tracked_blocks_shrink(self):
+        domain = 9
+        tracemalloc.start()
+        track = _testinternalcapi.tracemalloc_track_rc
+        untrack = _testinternalcapi.tracemalloc_untrack_rc
+        # Half of them aligned (in leaves), half not (in the spill).  The
+        # list and its ints are traced, and live through the test.
+        ptrs = [0x10000 + 24 * i for i in range(100_000)]
+        before = tracemalloc.get_tracemalloc_memory()
+        for ptr in ptrs:
+            track(domain, ptr, 100)
+        self.assertGreater(tracemalloc.get_tracemalloc_memory(),
+                           before + MiB)
+        for ptr in ptrs:
+            untrack(domain, ptr)
+        self.assertLess(tracemalloc.get_tracemalloc_memory(),
+                        2 * before + 256 * KiB)
+
+
+if __name__ == '__main__':
+    unittest.main()
