@@ -3,7 +3,8 @@
 #   make                      build the release interpreter; ./python points at it
 #   make test                 build VARIANT=debug and run the test suite
 #   make stress               build VARIANT=debug and run the stress harness
-#                             for SECONDS=60 (SEED=<n> to replay a run)
+#                             for SECONDS=60 (SEED=<n> to replay a run,
+#                             STRESS_ARGS="--tracing some" and the like)
 #   make VARIANT=<name>       build one variant into build/<name>/
 #   make bench                build release and upstream, benchmark them (build/bench/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
@@ -141,11 +142,12 @@ bench:
 # that checks tracemalloc's invariants (Tools/tracemalloc/stress.py --help).
 SECONDS ?= 60
 SEED ?=
+STRESS_ARGS ?=
 stress: VARIANT_STRESS = $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),debug)
 stress:
 	@$(MAKE) --no-print-directory build VARIANT=$(VARIANT_STRESS)
 	@build/$(VARIANT_STRESS)/python Tools/tracemalloc/stress.py \
-	    --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+	    --seconds $(SECONDS) $(if $(SEED),--seed $(SEED)) $(STRESS_ARGS)
 
 # Sanitizer runs (VARIANT=asan, the default, tsan or tsan-gil): the
 # tracemalloc tests and a stress run, failing on any sanitizer report.  Leak
@@ -168,7 +170,8 @@ sanitize:
 	@$(SAN_ENV_$(VARIANT_SAN)) $(PYTHON_FOR_TOOLS) scripts/run-tests.py \
 	    build/$(VARIANT_SAN)/python test_tracemalloc $(FORK_TESTS)
 	@$(SAN_ENV_$(VARIANT_SAN)) build/$(VARIANT_SAN)/python \
-	    Tools/tracemalloc/stress.py --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+	    Tools/tracemalloc/stress.py --seconds $(SECONDS) \
+	    $(if $(SEED),--seed $(SEED)) $(STRESS_ARGS)
 
 # CPython's own tests around tracemalloc, fork vs base built the same way:
 # lists every test that passes on the base but fails on the fork

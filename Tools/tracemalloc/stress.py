@@ -3,6 +3,7 @@
 
     python Tools/tracemalloc/stress.py [--seconds N] [--seed N]
                                        [--interpreters N] [--threads N]
+                                       [--tracing {all,some}]
     make stress VARIANT=<variant> SECONDS=<n> [SEED=<n>]
 
 For --seconds, a seeded random mix runs in the main interpreter and in
@@ -15,7 +16,10 @@ statistics() and compare_to(); get_object_traceback(); PyTraceMalloc_Track()
 and PyTraceMalloc_Untrack() with the thread state attached, detached, and
 from a C thread that has none; short-lived threads; interpreters destroyed
 while tracing and while their blocks are alive (their raw buffers are then
-freed by the main interpreter).
+freed by the main interpreter).  With --tracing some, only the main
+interpreter and every other subinterpreter slot ever start tracing: the
+others allocate and free among them, and free the raw buffers they are
+given, without tracing.
 
 Each interpreter runs this file's code compiled with a filename that names
 it, "<stress-X{id}>" ("<stress-X{id}-alloc>" for the functions that allocate
@@ -543,8 +547,14 @@ OP_FUNCS = [op for op, _ in OPS]
 OP_CUM = [sum(weight for _, weight in OPS[:i + 1]) for i in range(len(OPS))]
 
 
+# Whether this interpreter may start tracing in this round (--tracing).
+MAY_TRACE = True
+
+
 def control(what, nframe, counter):
     """start(nframe), stop() or clear_traces(), with CTL held."""
+    if what == 'start' and not MAY_TRACE:
+        return
     if what == 'start':
         was = tracemalloc.is_tracing()
         old = tracemalloc.get_traceback_limit()
@@ -685,8 +695,10 @@ def stress_round(params):
 
     Called with no other thread of the interpreter running.
     """
+    global MAY_TRACE
     rng = random.Random(params['seed'])
     counter = Counter()
+    MAY_TRACE = params['may_trace']
     with CTL:
         bump_epoch()
         try:
@@ -743,7 +755,8 @@ def finish(params):
         if rng.random() < 0.5:
             tracemalloc.stop()
     else:
-        if mode == 'tracing' and not tracemalloc.is_tracing():
+        if (mode == 'tracing' and MAY_TRACE
+                and not tracemalloc.is_tracing()):
             tracemalloc.start(params['nframe'])
         for i in range(5):
             KEEP.append(('obj', alloc_bytes(1000 + i)))
@@ -1016,6 +1029,8 @@ class Slot(threading.Thread):
             'flush': flush,
             'giveaway': not flush and rng.random() < 0.3,
             'exact': True,
+            'may_trace': (self.stress.args.tracing == 'all'
+                          or self.index % 2 == 0),
         }
 
     def run(self):
@@ -1167,7 +1182,7 @@ def run_child(args):
            '--child', '--result-fd', str(wfd), '--seed', str(args.seed),
            '--seconds', str(args.seconds),
            '--interpreters', str(args.interpreters),
-           '--threads', str(args.threads)]
+           '--threads', str(args.threads), '--tracing', args.tracing]
     if args.verbose:
         cmd.append('--verbose')
     start = time.monotonic()
@@ -1222,8 +1237,8 @@ def run_child(args):
     if status:
         print(f'reproduce: {sys.executable} {os.path.abspath(__file__)} '
               f'--seed {args.seed} --seconds {args.seconds:g} '
-              f'--interpreters {args.interpreters} --threads {args.threads}',
-              flush=True)
+              f'--interpreters {args.interpreters} --threads {args.threads} '
+              f'--tracing {args.tracing}', flush=True)
     return status
 
 
@@ -1243,6 +1258,10 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=4,
                         help='threads per interpreter and round, at most '
                              '(default: 4)')
+    parser.add_argument('--tracing', choices=('all', 'some'), default='all',
+                        help='which interpreters may start tracing: all, or '
+                             'the main one and every other subinterpreter '
+                             'slot (default: all)')
     parser.add_argument('--grace', type=float, default=60,
                         help='seconds allowed past --seconds before the run '
                              'counts as hung (default: 60)')
