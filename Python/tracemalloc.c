@@ -371,17 +371,26 @@ raw_free(void *ptr)
    reads it, or a later value of the entry, which keeps its tag other than
    the caller's until every trace it counts is gone.  A count of a trace
    removed meanwhile only sends a free the slow way.  Counts are removed
-   after the traces are, never before. */
+   after the traces are, never before.
+
+   A process with one interpreter never needs the map, and its tracing
+   should not pay for counting: the map is made by the first free that
+   would use it, the first of an interpreter other than the only tracing
+   one, which then counts the traces the tables already hold.  From then
+   on, every table counts its traces (traces->counted), and until then,
+   frees ask the registry as they did.  (A thread with no thread state
+   does not make the map: it asks the registry anyway, for the interpreter
+   its blocks belong to.) */
 
 #define REGION_SHIFT 16
 #define OWNER_MAP_BITS 20
 #define OWNER_NONE 0
 #define OWNER_SHARED UINT32_MAX
 
-/* The owner map: 1 << OWNER_MAP_BITS entries, count | tag << 32.  Made
-   when the hooks are first installed and kept for the life of the process,
-   since a hook may read it at any time (even across a finalization and a
-   new initialization of the runtime). */
+/* The owner map: 1 << OWNER_MAP_BITS entries, count | tag << 32, or NULL
+   until first needed.  Kept for the life of the process, since a hook may
+   read it at any time (even across a finalization and a new
+   initialization of the runtime).  Set under the registry mutex. */
 static uint64_t *owner_map = NULL;
 
 static inline uint64_t *
@@ -391,21 +400,11 @@ owner_entry(uint64_t *map, uintptr_t ptr)
                 & (((uintptr_t)1 << OWNER_MAP_BITS) - 1)];
 }
 
-/* Called with hooks_mutex held, before a state first joins the registry:
-   whoever counts or uncounts a trace then sees the map through a lock. */
-static int
-owner_map_init(void)
+/* Is the owner map made?  Read under a lock that orders it. */
+static inline int
+owner_map_made(void)
 {
-    if (owner_map == NULL) {
-        uint64_t *map = allocators.raw.calloc(allocators.raw.ctx,
-                                              (size_t)1 << OWNER_MAP_BITS,
-                                              sizeof(uint64_t));
-        if (map == NULL) {
-            return -1;
-        }
-        _Py_atomic_store_ptr_release(&owner_map, map);
-    }
-    return 0;
+    return _Py_atomic_load_ptr_relaxed(&owner_map) != NULL;
 }
 
 /* Count n traces of the session tag in ptr's region. */
@@ -442,6 +441,18 @@ owner_map_remove(uintptr_t ptr, uint32_t n)
         /* the last trace gone, the region belongs to nobody */
         new = (count == n) ? 0 : old - n;
     } while (!_Py_atomic_compare_exchange_uint64(entry, &old, new));
+}
+
+/* owner_map_add(), or owner_map_remove() if tag is OWNER_NONE. */
+static void
+owner_map_change(uintptr_t ptr, uint32_t tag, uint32_t n)
+{
+    if (tag != OWNER_NONE) {
+        owner_map_add(ptr, tag, n);
+    }
+    else {
+        owner_map_remove(ptr, n);
+    }
 }
 
 /* May a session other than tag (OWNER_NONE: any session) trace ptr?  Read
@@ -639,6 +650,8 @@ typedef struct {
 } shard_t;
 
 struct tracemalloc_traces {
+    /* Non-zero if the owner map counts the traces of the table. */
+    int counted;
     /* The leaf used last and its window (0 if none): the next block is
        mostly in the same window. */
     uintptr_t last_window;
@@ -1225,10 +1238,10 @@ traces_new(void)
     return allocators.raw.calloc(allocators.raw.ctx, 1, sizeof(traces_t));
 }
 
-/* The traces of a table that left its state leave the owner map, a leaf
-   at a time: a window lies within one region. */
+/* Count (tag != OWNER_NONE) or uncount the traces of a table in the
+   owner map, a leaf at a time: a window lies within one region. */
 static void
-traces_uncount(traces_t *traces)
+traces_count(traces_t *traces, uint32_t tag)
 {
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         window_slot_t *slot = &traces->windows[i];
@@ -1240,28 +1253,29 @@ traces_uncount(traces_t *traces)
             n += (slot->leaf->entries[j] != 0);
         }
         if (n != 0) {
-            owner_map_remove((slot->window - 1) << WINDOW_SHIFT, n);
+            owner_map_change((slot->window - 1) << WINDOW_SHIFT, tag, n);
         }
     }
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *shard = &traces->shards[i];
         for (uint32_t j = 0; j < shard->capacity; j++) {
             if (shard->slots[j].key != 0) {
-                owner_map_remove(~shard->slots[j].key, 1);
+                owner_map_change(~shard->slots[j].key, tag, 1);
             }
         }
     }
     if (traces->has_top) {
-        owner_map_remove(UINTPTR_MAX, 1);
+        owner_map_change(UINTPTR_MAX, tag, 1);
     }
 }
 
-/* Destroy a table whose traces are no longer reachable from a state. */
+/* Destroy a table whose traces are no longer reachable from a state: they
+   leave the owner map. */
 static void
 traces_destroy(traces_t *traces)
 {
-    if (traces->count != 0) {
-        traces_uncount(traces);
+    if (traces->counted && traces->count != 0) {
+        traces_count(traces, OWNER_NONE);
     }
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         if (traces->windows[i].window != 0) {
@@ -1906,7 +1920,9 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
     {
         return 0;
     }
-    owner_map_remove(ptr, 1);
+    if (traces->counted) {
+        owner_map_remove(ptr, 1);
+    }
     assert(state->traced_memory >= old_size);
     state->traced_memory -= old_size;
     if (dropped != NULL) {
@@ -1950,6 +1966,7 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
         if (traces == NULL) {
             return -1;
         }
+        traces->counted = owner_map_made();
         if (_Py_hashtable_set(state->domains, TO_PTR(domain), traces) < 0) {
             traces_destroy(traces);
             return -1;
@@ -1966,7 +1983,7 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
         assert(state->traced_memory >= old_size);
         state->traced_memory -= old_size;
     }
-    else {
+    else if (traces->counted) {
         owner_map_add(ptr, state->owner_tag, 1);
     }
     assert(state->traced_memory <= SIZE_MAX - size);
@@ -1975,6 +1992,45 @@ add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
         state->peak_traced_memory = state->traced_memory;
     }
     return 0;
+}
+
+
+/* --- Counting the traces in the owner map ------------------------------ */
+
+static int
+count_domain_traces(_Py_hashtable_t *domains, const void *key,
+                    const void *value, void *user_data)
+{
+    traces_t *traces = (traces_t *)value;
+    if (!traces->counted) {
+        traces_count(traces, *(uint32_t *)user_data);
+        traces->counted = 1;
+    }
+    return 0;
+}
+
+/* Make the owner map, and count in it the traces of every tracing state
+   (those of a table that counts already are counted).  Called with the
+   registry locked.  On memory error, there is no map: the frees go on
+   asking the registry. */
+static void
+owner_map_make(void)
+{
+    uint64_t *map = allocators.raw.calloc(allocators.raw.ctx,
+                                          (size_t)1 << OWNER_MAP_BITS,
+                                          sizeof(uint64_t));
+    if (map == NULL) {
+        return;
+    }
+    _Py_atomic_store_ptr_release(&owner_map, map);
+    for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
+        tm_state_t *state = runtime_state.tracing[i];
+        lock_state(state);
+        uint32_t tag = state->owner_tag;
+        count_domain_traces(NULL, NULL, state->traces, &tag);
+        _Py_hashtable_foreach(state->domains, count_domain_traces, &tag);
+        unlock_state(state);
+    }
 }
 
 
@@ -2094,6 +2150,10 @@ untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
     int found = 0;
     lock_registry();
     _Py_atomic_add_uint64(&runtime_state.lookups_elsewhere, 1);
+    if (own != NULL && !owner_map_made()) {
+        /* A second interpreter frees: the map will serve it from now on */
+        owner_map_make();
+    }
     if (own == NULL) {
         own = unattached_owner(NULL);
         if (own != NULL) {
@@ -2162,7 +2222,9 @@ restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
             && traces_set(traces, ptr, dropped->size, dropped->traceback,
                           &old_size) == 0)
         {
-            owner_map_add(ptr, state->owner_tag, 1);
+            if (traces->counted) {
+                owner_map_add(ptr, state->owner_tag, 1);
+            }
             state->traced_memory += dropped->size;
             if (state->traced_memory > state->peak_traced_memory) {
                 state->peak_traced_memory = state->traced_memory;
@@ -2587,6 +2649,10 @@ tables_swap(tm_state_t *state, tables_t *tables, int session)
     state->traces = tables->traces;
     state->domains = tables->domains;
     state->interned = tables->interned;
+    if (state->traces != NULL) {
+        /* A new table is empty: it can start counting at once. */
+        state->traces->counted = owner_map_made();
+    }
     tables->traces = traces;
     tables->domains = domains;
     tables->interned = interned ? interned_release(interned) : NULL;
@@ -2655,11 +2721,6 @@ _PyTraceMalloc_Start(int max_nframe)
 
     PyMutex_Lock(&runtime_state.hooks_mutex);
     int res = 0;
-    if (owner_map_init() < 0) {
-        PyErr_NoMemory();
-        res = -1;
-        goto done;
-    }
     lock_registry();
     if (state->tracing) {
         /* another thread of this interpreter started it meanwhile */

@@ -27,6 +27,16 @@ the median absolute deviation of the same samples):
               (VmHWM) of a traced child minus that of an untraced child of
               the same round, / 1M.
   snapshot    take_snapshot() with those 1M traces live; ratio fork/upstream.
+  isolation   what tracing in one interpreter costs the others.  Two
+              isolated subinterpreters in two threads build lists of small
+              dicts while (a) nobody traces, (b) only main traces (1
+              frame), (c) each subinterpreter traces itself; wall time of
+              (b) and (c) / (a) of the same round.  Then one subinterpreter
+              builds lists of 2000 strings, one iteration after another,
+              while main, tracing 2M blocks, takes snapshots: the worst
+              iteration, against the worst with main idle.  Last, freeing
+              a snapshot of 1M traces with two tracing subinterpreters
+              alive / with none.
   scaling     N isolated subinterpreters (own GIL), one thread each, all
               running the same workload mix with tracemalloc started inside;
               throughput = total work / wall time, speedup vs N = 1, for
@@ -313,7 +323,8 @@ def run_mix(names, scale, units, frames):
 '''
 
 WORKLOAD_NAMES = ('churn', 'json', 'objects', 'parse', 'logs')
-SECTIONS = ('untraced', 'overhead', 'memory', 'snapshot', 'scaling')
+SECTIONS = ('untraced', 'overhead', 'memory', 'snapshot', 'isolation',
+            'scaling')
 FRAMES = (1, 25)
 MEMORY_BLOCKS = 1_000_000
 
@@ -326,6 +337,9 @@ TARGETS = {
     'snapshot': ('ratio', '<=', 0.5, 'x'),
     'untraced': ('ratio', '<=', 1.02, 'x'),
     'scaling-2': ('fork', '>=', 1.7, 'x'),
+    'others-main-traces': ('fork', '<=', 1.10, 'x'),
+    'stall': ('fork', '<=', 50.0, ' ms'),
+    'snapshot-free': ('fork', '<=', 1.10, 'x'),
 }
 NA = 'n/a'      # a cell that cannot be measured (as opposed to None: no cell)
 
@@ -484,8 +498,183 @@ def child_scaling(spec):
             _interpreters.destroy(iid)
 
 
+# The work of the subinterpreters of the isolation section.
+ISOLATION_SRC = r'''
+def build_dicts(rounds):
+    for _ in range(rounds):
+        data = [{'a': i, 'b': str(i), 'c': [i]} for i in range(20000)]
+        del data
+
+
+def string_iterations(seconds):
+    """The time of each iteration that builds 2000 strings, for seconds."""
+    import time
+    times = []
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        data = ['%d-%d' % (i, j) for j in range(2000)]
+        del data
+        times.append(time.perf_counter() - t0)
+        i += 1
+    return times
+'''
+
+ISOLATION_CONFIGS = ('nobody', 'main', 'subs')
+
+
+def run_in_threads(ids, code):
+    """Run code in each interpreter of ids, each in its own thread; return
+    the wall time, or raise RuntimeError."""
+    import _interpreters
+    import threading
+    errors = []
+    barrier = threading.Barrier(len(ids) + 1)
+
+    def worker(iid):
+        barrier.wait()
+        exc = _interpreters.run_string(iid, code)
+        if exc is not None:
+            errors.append(exc.formatted)
+
+    threads = [threading.Thread(target=worker, args=(iid,)) for iid in ids]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(errors[0])
+    return wall
+
+
+def child_isolation(spec):
+    """Two isolated subinterpreters building dicts: wall time while nobody
+    traces, while main traces, while each traces itself."""
+    import _interpreters
+    import tracemalloc
+    ids = [_interpreters.create('isolated') for _ in range(2)]
+    work = 'build_dicts(%d)' % spec['rounds']
+    out = {config: [] for config in ISOLATION_CONFIGS}
+    try:
+        for iid in ids:
+            _interpreters.run_string(iid, ISOLATION_SRC)
+        can_trace = _interpreters.run_string(
+            ids[0], 'import tracemalloc') is None
+        configs = [c for c in ISOLATION_CONFIGS if c != 'subs' or can_trace]
+        run_in_threads(ids, 'build_dicts(1)')     # warm up
+        for rep in range(spec['reps']):
+            order = configs if rep % 2 == 0 else configs[::-1]
+            for config in order:
+                if config == 'main':
+                    tracemalloc.start(1)
+                elif config == 'subs':
+                    run_in_threads(ids, 'import tracemalloc; '
+                                        'tracemalloc.start(1)')
+                try:
+                    out[config].append(run_in_threads(ids, work))
+                except RuntimeError as exc:
+                    return {'error': str(exc)}
+                finally:
+                    if config == 'main':
+                        tracemalloc.stop()
+                    elif config == 'subs':
+                        run_in_threads(ids, 'import tracemalloc; '
+                                            'tracemalloc.stop()')
+    finally:
+        for iid in ids:
+            _interpreters.destroy(iid)
+    return out
+
+
+def times_from(iid, name):
+    """The list of floats `name` of interpreter iid's __main__."""
+    import _interpreters
+    rfd, wfd = os.pipe()
+    try:
+        exc = _interpreters.run_string(iid, (
+            'import json, os; os.set_blocking(%d, False); '
+            'os.write(%d, json.dumps(%s).encode())' % (wfd, wfd, name)))
+    finally:
+        os.close(wfd)
+    with open(rfd, 'rb') as f:
+        data = f.read()
+    if exc is not None:
+        raise RuntimeError(exc.formatted)
+    return json.loads(data)
+
+
+def child_stall(spec):
+    """Main traces `n` blocks.  The time to free a snapshot of them, with
+    no other interpreter, then with two that trace alive; the times of the
+    2000-string iterations of a non-tracing subinterpreter, with main idle,
+    then while main takes snapshots over and over."""
+    import _interpreters
+    import threading
+    import tracemalloc
+    tracemalloc.start(1)
+    data = ['s%d' % i for i in range(spec['n'])]
+    out = {'free_alone': [], 'free_with_subs': []}
+
+    def time_snapshot_frees(key):
+        for _ in range(spec['frees']):
+            snapshot = tracemalloc.take_snapshot()
+            t0 = time.perf_counter()
+            del snapshot
+            out[key].append(time.perf_counter() - t0)
+
+    try:
+        time_snapshot_frees('free_alone')
+        subs = [_interpreters.create('isolated') for _ in range(2)]
+        try:
+            if all(_interpreters.run_string(
+                    iid, 'import tracemalloc; tracemalloc.start(1)') is None
+                   for iid in subs):
+                time_snapshot_frees('free_with_subs')
+        finally:
+            for iid in subs:
+                _interpreters.destroy(iid)
+
+        iid = _interpreters.create('isolated')
+        try:
+            _interpreters.run_string(iid, ISOLATION_SRC)
+            code = 'times = string_iterations(%r)' % spec['seconds']
+            for label in ('idle', 'snapshots'):
+                done = threading.Event()
+                counts = [0]
+
+                def snapshots():
+                    while not done.is_set():
+                        tracemalloc.take_snapshot()
+                        counts[0] += 1
+
+                thread = threading.Thread(target=snapshots)
+                if label == 'snapshots':
+                    thread.start()
+                try:
+                    run_in_threads([iid], code)
+                except RuntimeError as exc:
+                    return {'error': str(exc)}
+                finally:
+                    done.set()
+                    if label == 'snapshots':
+                        thread.join()
+                out[label] = times_from(iid, 'times')
+                out[label + '_snapshots'] = counts[0]
+        finally:
+            _interpreters.destroy(iid)
+    finally:
+        tracemalloc.stop()
+    del data
+    return out
+
+
 CHILD_MODES = {'untraced': child_untraced, 'overhead': child_overhead,
-               'memory': child_memory, 'scaling': child_scaling}
+               'memory': child_memory, 'isolation': child_isolation,
+               'stall': child_stall, 'scaling': child_scaling}
 
 
 def child_main(mode, spec):
@@ -697,6 +886,75 @@ class Bench:
                      snap['upstream'], snap['fork'], stat(ratios),
                      note='%s traces' % ntraces)
 
+    def upstream_child(self, mode, spec):
+        """The upstream child's result, or None (with a note) if upstream
+        cannot run it: it traces every interpreter at once."""
+        try:
+            out = self.child('upstream', mode, spec)
+        except ChildError as exc:
+            self.notes.append('upstream %s: %s' % (
+                mode, str(exc).strip().splitlines()[-1]))
+            return None
+        return None if 'error' in out else out
+
+    def isolation(self):
+        a = self.args
+        spec = {'rounds': 2 if a.quick else 4, 'reps': a.reps}
+        res = {'fork': self.child('fork', 'isolation', spec),
+               'upstream': self.upstream_child('isolation', spec)}
+        if 'error' in res['fork']:
+            raise ChildError('fork isolation:\n' + res['fork']['error'])
+        self.raw['isolation'] = res
+
+        def ratios(which, config):
+            out = res[which]
+            if out is None or not out.get(config):
+                return NA
+            return stat([t / u for t, u in zip(out[config], out['nobody'])])
+
+        for config, key, label in (
+                ('main', 'others-main-traces', 'main traces'),
+                ('subs', 'others-subs-trace', 'each traces itself')):
+            up, fk = ratios('upstream', config), ratios('fork', config)
+            self.row(key, '2 isolated subinterps, %s: time / nobody '
+                     'tracing' % label, 'x', up, fk)
+
+        spec = {'n': 2 * MEMORY_BLOCKS, 'seconds': 2.0 if a.quick else 5.0,
+                'frees': 2}
+        res = {'fork': self.child('fork', 'stall', spec),
+               'upstream': self.upstream_child('stall', spec)}
+        if 'error' in res['fork']:
+            raise ChildError('fork stall:\n' + res['fork']['error'])
+        self.raw['stall'] = res
+
+        def worst(which, label):
+            out = res[which]
+            if out is None:
+                return NA
+            return {'median': max(out[label]) * 1e3, 'spread': None,
+                    'n': len(out[label])}
+
+        snapshots = res['fork']['snapshots_snapshots']
+        for label, key, what in (
+                ('idle', 'stall-idle', 'main idle'),
+                ('snapshots', 'stall', 'main snapshotting 2M traces')):
+            self.row(key, 'worst 2000-string iteration of a non-tracing '
+                     'subinterp, %s' % what, ' ms',
+                     worst('upstream', label), worst('fork', label),
+                     note=('%d snapshots meanwhile' % snapshots
+                           if label == 'snapshots' else ''))
+
+        def free_ratio(which):
+            out = res[which]
+            if out is None or not out['free_with_subs']:
+                return NA
+            return stat([w / u for w, u in zip(out['free_with_subs'],
+                                               out['free_alone'])])
+
+        self.row('snapshot-free', 'freeing a 2M-trace snapshot, 2 tracing '
+                 'subinterps alive / none', 'x', free_ratio('upstream'),
+                 free_ratio('fork'))
+
     def scaling(self):
         a = self.args
         spec = {'names': a.names, 'scale': a.scale * 0.5,
@@ -743,6 +1001,7 @@ class Bench:
             ('overhead', self.overhead),
             ('memory', lambda: self.memory('memory' in a.sections,
                                            'snapshot' in a.sections)),
+            ('isolation', self.isolation),
             ('scaling', self.scaling),
         ]
         for name, func in sections:
@@ -771,6 +1030,8 @@ def fmt(s, unit):
         text, sps = '%.1f B' % m, '%.1f' % sp if sp is not None else None
     elif unit == 's':
         text, sps = '%.3f s' % m, '%.3f' % sp if sp is not None else None
+    elif unit == ' ms':
+        text, sps = '%.1f ms' % m, '%.1f' % sp if sp is not None else None
     else:
         text, sps = '%.2f%s' % (m, unit), '%.2f' % sp if sp is not None else None
     return text if sps is None else '%s ± %s' % (text, sps)
