@@ -617,16 +617,20 @@ class RunTests(CommandLineTestCase):
                 raise ValueError('boom')
             f()
             ''')
-        expected = self.python('fail.py')
-        proc = self.run_cli('fail.py')
-        self.assertEqual(expected.returncode, 1)
-        self.assertEqual(proc.returncode, 1)
-        # The same traceback, with no frame of the bootstrap, then the
-        # report: the snapshot is written anyway.
-        self.assertTrue(proc.stderr.startswith(expected.stderr),
-                        proc.stderr)
-        self.assertIn("ValueError: boom\n", proc.stderr)
-        self.assertTrue(os.path.exists(self.path('tracemalloc.out')))
+        code = 'def f():\n    raise ValueError("boom")\nf()'
+        for args in (['fail.py'], ['-c', code]):
+            with self.subTest(args=args):
+                expected = self.python(*args)
+                proc = self.run_cli(*args)
+                self.assertEqual(expected.returncode, 1)
+                self.assertEqual(proc.returncode, 1)
+                # The same traceback, source lines included, with no frame
+                # of the bootstrap, then the report: the snapshot is
+                # written anyway.
+                self.assertIn('raise ValueError', expected.stderr)
+                self.assertTrue(proc.stderr.startswith(expected.stderr),
+                                proc.stderr)
+                self.assertTrue(os.path.exists(self.path('tracemalloc.out')))
 
     def test_syntax_error(self):
         for args in (['-c', '1 +'], ['bad.py']):
