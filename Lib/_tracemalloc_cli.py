@@ -10,6 +10,7 @@ not pay for argparse, json or the flame graph's HTML.
 """
 
 import copyreg
+import operator
 import os
 import pickle
 import sys
@@ -376,43 +377,52 @@ def flamegraph_data(snapshot, title=''):
             entry[2] += size
             entry[3] += 1
 
-    files = []
-    file_index = {}
+    # Build the tree with the frame tuples as nodes' first item, then turn
+    # them into file indexes: the loop below is the hot one.
     root = [_ROOT, 0, 0, 0, {}]
+    nodes = [root]
     for frames, total_nframe, size, count in by_id.values():
         node = root
         node[2] += size
         node[3] += count
         if total_nframe > len(frames):
-            node = node[4].setdefault((_TRUNCATED, 0),
-                                      [_TRUNCATED, 0, 0, 0, {}])
-            node[2] += size
-            node[3] += count
+            child = node[4].get(_TRUNCATED)
+            if child is None:
+                child = node[4][_TRUNCATED] = [_TRUNCATED, 0, 0, 0, {}]
+                nodes.append(child)
+            child[2] += size
+            child[3] += count
+            node = child
         # Frames come most recent first; the tree grows from the oldest.
-        for filename, lineno in reversed(frames):
+        for frame in reversed(frames):
+            children = node[4]
+            child = children.get(frame)
+            if child is None:
+                child = children[frame] = [frame, 0, 0, 0, {}]
+                nodes.append(child)
+            child[2] += size
+            child[3] += count
+            node = child
+
+    files = []
+    file_index = {}
+    by_size = operator.itemgetter(2)
+    # A node is created after its parent: in reverse order, the children
+    # of each node are complete when it is converted. No recursion, so a
+    # limit of thousands of frames is fine.
+    for node in reversed(nodes):
+        children = node.pop()
+        if children:
+            node.append(sorted(children.values(), key=by_size,
+                               reverse=True))
+        if type(node[0]) is tuple:
+            filename, lineno = node[0]
             index = file_index.get(filename)
             if index is None:
                 index = file_index[filename] = len(files)
                 files.append(filename)
-            node = node[4].setdefault((index, lineno),
-                                      [index, lineno, 0, 0, {}])
-            node[2] += size
-            node[3] += count
-
-    # Iterative post-order conversion: a traceback limit of thousands of
-    # frames must not hit the recursion limit.
-    stack = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        children = node[4] if len(node) == 5 else None
-        if not expanded and isinstance(children, dict):
-            stack.append((node, True))
-            stack.extend((kid, False) for kid in children.values())
-        elif isinstance(children, dict):
-            del node[4]
-            if children:
-                node.append(sorted(children.values(), key=lambda n: n[2],
-                                   reverse=True))
+            node[0] = index
+            node[1] = lineno
 
     total, count = root[2], root[3]
     return {
@@ -549,6 +559,9 @@ Esc to reset.</span>
   function fullName(node) {
     if (node.file === -1) return "all";
     if (node.file === -2) return "[outer frames beyond the traceback limit]";
+    if (node.file === -3) {
+      return "[" + formatCount(node.line) + " frames too narrow to draw]";
+    }
     return files[node.file] + ":" + node.line;
   }
   function shortName(node) {
@@ -614,7 +627,27 @@ Esc to reset.</span>
       var w = node === zoom ? width : node.size * scale;
       if (w < MIN_WIDTH) continue;
       box(node, (node.offset - zoom.offset) * scale, w, false);
-      for (var i = 0; i < node.kids.length; i++) todo.push(node.kids[i]);
+      var kids = node.kids;
+      for (var i = 0; i < kids.length; i++) {
+        if (kids[i].size * scale >= MIN_WIDTH) {
+          todo.push(kids[i]);
+          continue;
+        }
+        // Children come biggest first: all the rest are too narrow to
+        // draw. One grey box stands for them, so the space is not blank.
+        var rest = {file: -3, line: kids.length - i, size: 0, count: 0,
+                    parent: node, depth: node.depth + 1, kids: [],
+                    offset: kids[i].offset, hit: false};
+        for (var j = i; j < kids.length; j++) {
+          rest.size += kids[j].size;
+          rest.count += kids[j].count;
+        }
+        if (rest.size * scale >= MIN_WIDTH) {
+          box(rest, (rest.offset - zoom.offset) * scale, rest.size * scale,
+              false);
+        }
+        break;
+      }
     }
   }
 
@@ -638,9 +671,14 @@ Esc to reset.</span>
     var lines = [fullName(node),
       "size:   " + formatSize(node.size) + " (" +
         percent(node.size, root.size) + " of all)",
-      "blocks: " + formatCount(node.count),
-      "here:   " + formatSize(own) + " in " + formatCount(ownCount) +
-        " blocks allocated by this line itself"];
+      "blocks: " + formatCount(node.count)];
+    if (node.file === -3) {
+      lines.push("zoom into the frame above, or search, to see them");
+    } else {
+      lines.push("here:   " + formatSize(own) + " in " +
+                 formatCount(ownCount) +
+                 " blocks allocated by this line itself");
+    }
     return lines;
   }
 
@@ -670,7 +708,7 @@ Esc to reset.</span>
   });
   canvas.addEventListener("click", function (event) {
     var node = nodeAt(event);
-    if (node) {
+    if (node && node.file !== -3) {
       zoom = node;
       render();
     }

@@ -542,7 +542,7 @@ class FlamegraphTests(CommandLineTestCase):
         with open(path + '.html', encoding='utf-8') as file:
             data = self.data(file.read())
         self.assertEqual(data['total_size'], 4196)
-        self.assertEqual(data['files'], ['main.py', 'small.py'])
+        self.assertEqual(sorted(data['files']), ['main.py', 'small.py'])
 
     def test_many_traces(self):
         # Aggregation by traceback keeps the page small.
