@@ -222,14 +222,40 @@ class BadFileTests(CommandLineTestCase):
         self.check(self.dump(snapshot, 'bad.out'),
                    'is not a tracemalloc snapshot')
 
-    def test_no_progress_when_not_a_terminal(self):
-        # stderr is a pipe here: a big file loads without a progress line.
+    def big_snapshot(self):
         traces = [(1000 + i, [(f'file{i % 500}.py', i)])
                   for i in range(150_000)]
         path = self.dump(snapshot_of(*traces))
         self.assertGreater(os.path.getsize(path), 4 * 1024 * 1024)
-        proc = self.assert_ok(self.tracemalloc('top', path))
+        return path
+
+    def test_no_progress_when_not_a_terminal(self):
+        # stderr is a pipe here: a big file loads without a progress line.
+        proc = self.assert_ok(self.tracemalloc('top', self.big_snapshot()))
         self.assertEqual(proc.stderr, '')
+
+    @unittest.skipUnless(hasattr(os, 'openpty'), 'needs os.openpty()')
+    def test_progress_on_a_terminal(self):
+        path = self.big_snapshot()
+        master, slave = os.openpty()
+        with subprocess.Popen(
+                [sys.executable, '-m', 'tracemalloc', 'top', path],
+                cwd=self.dir, stdout=subprocess.DEVNULL, stderr=slave) as proc:
+            os.close(slave)
+            # Read while it runs: the terminal's buffer is small.
+            shown = b''
+            try:
+                while chunk := os.read(master, 4096):
+                    shown += chunk
+            except OSError:
+                pass   # EIO once the other side is closed, on Linux
+            finally:
+                os.close(master)
+        self.assertEqual(proc.returncode, 0)
+        self.assertIn(b'Loading ', shown)
+        self.assertIn(b'100%', shown)
+        # The line is cleared afterwards.
+        self.assertTrue(shown.endswith(b'\r'), shown[-80:])
 
 
 class TopTests(CommandLineTestCase):
