@@ -777,12 +777,13 @@ Esc to reset.</span>
 # --- run -------------------------------------------------------------------
 
 # The child process runs this as its "-c" command. The program's frames
-# then sit on top of one bootstrap frame, at _BOOTSTRAP_CALL_LINE, which is
+# then sit on top of one bootstrap frame, _BOOTSTRAP_CALL_FRAME, which is
 # removed from the snapshot and from the traceback of an uncaught
 # exception. The bootstrap must not call compile(): its first call builds
 # the ast module's types, a quarter of a MiB that "python PROGRAM" does not
-# allocate. So "-c CODE" goes through exec() of a string, like Python's own
-# "-c", and a script's code comes compiled and marshalled from the parent.
+# allocate. So the parent compiles the script or the "-c" code and passes
+# it marshalled; only when that fails (a syntax error, to be reported as
+# Python does) does the child compile, or exec() the "-c" string.
 # Everything is in _tm_setup() so that the program finds a clean __main__
 # namespace; the last line pops the two names it uses before the program
 # starts.
