@@ -69,7 +69,9 @@ CONFIGURE_ARGS := $(CONF_$(VARIANT)) CC="$(strip $(CCACHE) $(CC_VARIANT))"
 
 # What `python -VV` shows: "(tmfork/<Debian revision of the base>:<commit>".
 FORK_TAG := $(shell sed -n 's/^FORK_TAG=//p' base.conf)
-PY_VERSION := $(shell sed -n 's/^BASE_VERSION=\([0-9]*\.[0-9]*\).*/\1/p' base.conf)
+# 3.13, for the names of what make install installs
+PY_VERSION := $(shell sed -n 's/^BASE_VERSION=\([0-9]*\.[0-9]*\).*/\1/p' \
+	base.conf)
 BUILDINFO = $(if $(filter build/src,$(SRC_$(VARIANT))), \
 	GITTAG="echo $(FORK_TAG)/$$(sed -n 's/.* from Debian //p' build/base.info)" \
 	GITVERSION="echo $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
@@ -109,7 +111,8 @@ configure: src
 	if [ ! -f $(B)/config.status ] || \
 	    [ "$$(cat $(B)/.configure-args 2>/dev/null)" != '$(CONFIGURE_ARGS)' ] || \
 	    [ "$$(cat $(B)/.prefix 2>/dev/null)" != "$$prefix" ]; then \
-	    echo "configure $(VARIANT): $(CONFIGURE_ARGS)$${prefix:+ --prefix=$$prefix}"; \
+	    echo "configure $(VARIANT): $(CONFIGURE_ARGS)" \
+	        "$${prefix:+--prefix=$$prefix}"; \
 	    rm -f $(B)/.configure-args $(B)/.prefix; \
 	    (cd $(B) && $(CURDIR)/$(SRC_$(VARIANT))/configure $(CONFIGURE_ARGS) \
 	        $${prefix:+--prefix="$$prefix"} > configure.log 2>&1) || \
@@ -138,7 +141,8 @@ build: configure
 # checked first: it must be, or be creatable as, a writable directory.
 ifneq ($(filter install altinstall,$(MAKECMDGOALS)),)
 ifeq ($(strip $(PREFIX)),)
-$(error usage: make $(filter install altinstall,$(MAKECMDGOALS)) PREFIX=/dir [VARIANT=name])
+$(error usage: make $(filter install altinstall,$(MAKECMDGOALS)) \
+	PREFIX=/dir [VARIANT=name])
 endif
 INSTALL_PREFIX := $(abspath $(PREFIX))
 PREFIX_ERROR := $(shell p='$(INSTALL_PREFIX)'; d=$$(dirname "$$p"); \

@@ -169,8 +169,10 @@ def apt_sources(etc=None):
     for path in paths:
         text = read(path)
         if text is not None:
-            parse = parse_deb822 if path.endswith('.sources') else parse_one_line
-            entries += parse(text, path)
+            if path.endswith('.sources'):
+                entries += parse_deb822(text, path)
+            else:
+                entries += parse_one_line(text, path)
     return entries
 
 
@@ -256,8 +258,8 @@ def apt_download(conf, dest):
              conf['BASE_PACKAGE']], cwd=dest, stdout=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError) as exc:
         used = ', '.join(f'{s} from {m} ({o})' for s, (m, o) in roots.items())
-        why = (f'apt-get {exc.cmd[-1] if exc.cmd[-1] == "update" else "source"}'
-               f' exited with {exc.returncode}'
+        step = 'update' if exc.cmd[-1] == 'update' else 'source'
+        why = (f'apt-get {step} exited with {exc.returncode}'
                if isinstance(exc, subprocess.CalledProcessError) else exc)
         raise Failure(
             f'could not download the {conf["BASE_PACKAGE"]} source package '

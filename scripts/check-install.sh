@@ -23,7 +23,8 @@ usage="usage: $0 [--keep] [--prefix DIR] [--help]"
 keep= prefix=
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
+        -h|--help) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'
+                   exit 0;;
         --keep) keep=1;;
         --prefix) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
                   prefix=$(realpath -m "$2"); shift;;
@@ -64,7 +65,7 @@ v/bin/python -m pip --version
 
 say "the C extension, built with python$ver-config"
 config=$prefix/bin/python$ver-config
-site=$(v/bin/python -c 'import sysconfig; print(sysconfig.get_path("platlib"))')
+site=$(v/bin/python -c 'import sysconfig as s; print(s.get_path("platlib"))')
 # shellcheck disable=SC2046  # the flags are words
 cc -shared -fPIC $("$config" --cflags) "$here/tmtrack.c" \
     -o "$site/tmtrack$("$config" --extension-suffix)" $("$config" --ldflags)

@@ -16,7 +16,7 @@ import base  # noqa: E402
 
 ONE_LINE = """\
 # a comment
-deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://mirror.example/debian/ bookworm main contrib
+deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main
 deb-src http://mirror.example/debian bookworm-updates main  # trailing comment
 deb http://security.example/debian-security bookworm-security main
 deb https://vendor.example/apt cloud-sdk-bookworm main
@@ -151,9 +151,9 @@ class MirrorsTests(unittest.TestCase):
     def test_none_found(self):
         self.write('sources.list',
                    'deb http://mirror.example/debian bookworm main\n')
-        with self.assertRaisesRegex(base.Failure,
-                                    '(?s)trixie-security.*TMFORK_SECURITY_MIRROR'
-                                    ) as cm:
+        with self.assertRaisesRegex(
+                base.Failure,
+                '(?s)trixie-security.*TMFORK_SECURITY_MIRROR') as cm:
             base.mirrors(self.conf)
         self.assertIn('BASE_ORIG_TARBALL', str(cm.exception))
 
