@@ -11,7 +11,8 @@
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
 #   make sanitize             tracemalloc tests + stress under ASan
 #                             (VARIANT=tsan or tsan-gil: TSan)
-#   make refresh              record edits made in build/src (see README)
+#   make refresh              record edits made in build/src
+#                             (see InternalDocs/fork.md)
 #
 # `make help` lists every target.
 

@@ -297,8 +297,9 @@ def fetch(conf):
             raise Failure(f'the source package in {" ".join(conf["BASE_SUITES"].split())} '
                           f'is no longer {conf["BASE_VERSION"]}: '
                           f'{conf["BASE_ORIG"]} was not downloaded.\n'
-                          'Rebase (see README) or build offline with '
-                          'BASE_ORIG_TARBALL and BASE_DEBIAN_TARBALL.')
+                          'Rebase (see InternalDocs/fork.md) or build '
+                          'offline with BASE_ORIG_TARBALL and '
+                          'BASE_DEBIAN_TARBALL.')
         debian = newest(debs)
     for path in (orig, debian):
         if not os.path.isfile(path):
@@ -343,8 +344,8 @@ def apply_patch(tree, patch_path, what):
             raise Failure(f'{what} {os.path.basename(patch_path)} no longer '
                           f'applies:\n{proc.stdout}{proc.stderr}'
                           'Refresh the patch against the new base (see '
-                          'README, "Rebasing"); build/src was left as it '
-                          'was.')
+                          'InternalDocs/fork.md, "Rebasing"); build/src was '
+                          'left as it was.')
 
 
 def extract_orig(orig, dest):
