@@ -6,11 +6,14 @@
 #                             for SECONDS=60 (SEED=<n> to replay a run,
 #                             STRESS_ARGS="--tracing some" and the like)
 #   make VARIANT=<name>       build one variant into build/<name>/
+#   make install PREFIX=<dir> install the release variant (VARIANT= another)
+#                             into <dir>; altinstall: no python3 link
 #   make bench                build release and upstream, benchmark them (build/bench/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
 #   make sanitize             tracemalloc tests + stress under ASan
 #                             (VARIANT=tsan or tsan-gil: TSan)
-#   make refresh              record edits made in build/src (see README)
+#   make refresh              record edits made in build/src
+#                             (see InternalDocs/fork.md)
 #
 # `make help` lists every target.
 
@@ -68,13 +71,16 @@ CONFIGURE_ARGS := $(CONF_$(VARIANT)) CC="$(strip $(CCACHE) $(CC_VARIANT))"
 
 # What `python -VV` shows: "(tmfork/<Debian revision of the base>:<commit>".
 FORK_TAG := $(shell sed -n 's/^FORK_TAG=//p' base.conf)
+# 3.13, for the names of what make install installs
+PY_VERSION := $(shell sed -n 's/^BASE_VERSION=\([0-9]*\.[0-9]*\).*/\1/p' \
+	base.conf)
 BUILDINFO = $(if $(filter build/src,$(SRC_$(VARIANT))), \
 	GITTAG="echo $(FORK_TAG)/$$(sed -n 's/.* from Debian //p' build/base.info)" \
 	GITVERSION="echo $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
 	GITBRANCH="echo $(FORK_TAG)")
 
-.PHONY: all build deps src configure test regress stress bench sanitize refresh \
-	status discard fetch clean distclean help
+.PHONY: all build deps src configure install altinstall test regress stress \
+	bench sanitize refresh status discard fetch clean distclean help
 
 all: build
 ifeq ($(VARIANT),release)
@@ -83,7 +89,8 @@ endif
 
 help:
 	@sed -n 's/^#   //p' Makefile
-	@echo "targets: all test stress regress bench sanitize refresh status discard fetch clean distclean"
+	@echo "targets: all install altinstall test stress regress bench sanitize refresh"
+	@echo "         status discard fetch clean distclean"
 	@echo "variants (VARIANT=...): $(VARIANTS)"
 
 deps:
@@ -96,15 +103,24 @@ fetch: deps
 	@$(PYTHON_FOR_TOOLS) scripts/base.py fetch
 
 # Re-run configure when its options change; otherwise build incrementally.
+# The install prefix is one of them, but only `make install` asks for one:
+# other targets build with the prefix the directory was last configured
+# with (none at first: configure's /usr/local), which the build tree's own
+# ./python does not use.
 configure: src
 	@mkdir -p $(B)
-	@if [ ! -f $(B)/config.status ] || \
-	    [ "$$(cat $(B)/.configure-args 2>/dev/null)" != '$(CONFIGURE_ARGS)' ]; then \
-	    echo "configure $(VARIANT): $(CONFIGURE_ARGS)"; \
-	    rm -f $(B)/.configure-args; \
+	@prefix='$(or $(INSTALL_PREFIX),$(shell cat $(B)/.prefix 2>/dev/null))'; \
+	if [ ! -f $(B)/config.status ] || \
+	    [ "$$(cat $(B)/.configure-args 2>/dev/null)" != '$(CONFIGURE_ARGS)' ] || \
+	    [ "$$(cat $(B)/.prefix 2>/dev/null)" != "$$prefix" ]; then \
+	    echo "configure $(VARIANT): $(CONFIGURE_ARGS)" \
+	        "$${prefix:+--prefix=$$prefix}"; \
+	    rm -f $(B)/.configure-args $(B)/.prefix; \
 	    (cd $(B) && $(CURDIR)/$(SRC_$(VARIANT))/configure $(CONFIGURE_ARGS) \
-	        > configure.log 2>&1) || { tail -30 $(B)/configure.log; exit 1; }; \
+	        $${prefix:+--prefix="$$prefix"} > configure.log 2>&1) || \
+	        { tail -30 $(B)/configure.log; exit 1; }; \
 	    echo '$(CONFIGURE_ARGS)' > $(B)/.configure-args; \
+	    echo "$$prefix" > $(B)/.prefix; \
 	fi
 
 build: configure
@@ -120,6 +136,35 @@ build: configure
 	@$(MAKE) -C $(B) -j$(JOBS) $(BUILDINFO) > $(B)/build.log 2>&1 || \
 	    { grep -E -B2 -A6 'error|Error' $(B)/build.log | tail -60; exit 1; }
 	@$(B)/python -VV
+
+# Install as CPython does (`install`: python3.13 and the python3 links;
+# `altinstall`: python3.13 only), into PREFIX, configured as the variant's
+# prefix so that sysconfig and python3.13-config name it.  PREFIX is
+# checked first: it must be, or be creatable as, a writable directory.
+ifneq ($(filter install altinstall,$(MAKECMDGOALS)),)
+ifeq ($(strip $(PREFIX)),)
+$(error usage: make $(filter install altinstall,$(MAKECMDGOALS)) \
+	PREFIX=/dir [VARIANT=name])
+endif
+INSTALL_PREFIX := $(abspath $(PREFIX))
+PREFIX_ERROR := $(shell p='$(INSTALL_PREFIX)'; d=$$(dirname "$$p"); \
+	if [ -e "$$p" ] && [ ! -d "$$p" ]; then echo "it is not a directory"; \
+	elif [ ! -e "$$p" ] && [ ! -d "$$d" ]; then \
+	    echo "its parent directory $$d does not exist"; \
+	elif [ ! -e "$$p" ] && ! mkdir "$$p" 2>/dev/null; then \
+	    echo "it cannot be created in $$d"; \
+	elif ! t=$$(mktemp -p "$$p" .tmfork-XXXXXX 2>/dev/null); then \
+	    echo "it is not writable"; \
+	else rm -f "$$t"; fi)
+ifneq ($(PREFIX_ERROR),)
+$(error cannot install into PREFIX=$(PREFIX): $(PREFIX_ERROR))
+endif
+endif
+
+install altinstall: build
+	@echo "$@ $(VARIANT) into $(INSTALL_PREFIX) (log: $(B)/$@.log)"
+	@$(MAKE) -C $(B) $@ > $(B)/$@.log 2>&1 || { tail -30 $(B)/$@.log; exit 1; }
+	@v=$$($(INSTALL_PREFIX)/bin/python$(PY_VERSION) -VV) && echo "installed: $$v"
 
 # The suite: upstream's tests of tracemalloc and its neighbours, plus ours.
 FORK_TESTS := $(notdir $(basename $(wildcard Lib/test/test_tracemalloc_*.py)))

@@ -13,6 +13,7 @@ Commands:
                from it (assemble fetches only when build/base is missing
                or base.conf changed)
     info       print what build/base was made from
+    mirrors    print the mirror each suite of BASE_SUITES is fetched from
     assemble   bring build/base and build/src up to date with the inputs;
                refuses while build/src holds edits made by hand
     refresh    turn edits made by hand in build/src into overlay files (for
@@ -20,7 +21,19 @@ Commands:
     status     list the edits made by hand in build/src
     discard    throw away the edits made by hand in build/src
 
+Mirrors: no host is named here.  Each suite of BASE_SUITES is fetched from
+the first mirror in the machine's apt sources (/etc/apt/sources.list and
+sources.list.d/*.list, one-line style, and *.sources, deb822 style) that
+serves that suite, else from the one that serves the same kind of suite
+(main archive or -security) of the machine's own release: on a bookworm
+machine, the mirror of bookworm for trixie and that of bookworm-security for
+trixie-security, since a Debian mirror serves every release.  The
+environment overrides either.
+
 Environment:
+    TMFORK_MIRROR         root of the Debian archive mirror, e.g. the URI of
+                          a "deb URI trixie main" line
+    TMFORK_SECURITY_MIRROR  root of the security archive mirror (*-security)
     TMFORK_CACHE          download cache (default ~/.cache/tmfork)
     BASE_ORIG_TARBALL     offline: path of the orig tarball
     BASE_DEBIAN_TARBALL   offline: path of the matching debian.tar.xz
@@ -94,6 +107,134 @@ def cache_dir():
                           os.path.expanduser('~/.cache/tmfork'))
 
 
+# --- mirrors -----------------------------------------------------------------
+
+# The base names no host: the mirror roots come from the environment, else
+# from the machine's own apt sources.
+APT_ETC = '/etc/apt'
+MIRROR_ENV = {'': 'TMFORK_MIRROR', 'security': 'TMFORK_SECURITY_MIRROR'}
+# Suite names that say an entry is for a Debian release (besides the
+# machine's own codename).
+DEBIAN_ALIASES = ('oldstable', 'stable', 'testing', 'unstable', 'sid')
+
+
+def parse_one_line(text, origin='sources.list'):
+    """The entries of a one-line-style sources file ("deb [opts] uri suite
+    components..."), as dicts with types, uris, suites and origin."""
+    entries = []
+    for line in text.splitlines():
+        line = line.split('#', 1)[0].strip()
+        m = re.match(r'(deb|deb-src)\s+(?:\[[^\]]*\]\s*)?(\S+)\s+(\S+)', line)
+        if m:
+            entries.append({'types': [m[1]], 'uris': [m[2]],
+                            'suites': [m[3]], 'origin': origin})
+    return entries
+
+
+def parse_deb822(text, origin='.sources'):
+    """The entries of a deb822-style sources file (paragraphs of Types:,
+    URIs:, Suites:, Components:, Enabled:), as parse_one_line() gives."""
+    entries = []
+    for para in re.split(r'\n\s*\n', text):
+        fields, key = {}, None
+        for line in para.splitlines():
+            if line.startswith('#') or not line.strip():
+                continue
+            if line[0].isspace() and key:
+                fields[key] += ' ' + line.strip()  # continuation line
+            elif ':' in line:
+                key, _, value = line.partition(':')
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if (fields.get('uris') and fields.get('suites')
+                and fields.get('enabled', 'yes').lower() != 'no'):
+            entries.append({'types': fields.get('types', '').split(),
+                            'uris': fields['uris'].split(),
+                            'suites': fields['suites'].split(),
+                            'origin': origin})
+    return entries
+
+
+def apt_sources(etc=None):
+    """The entries of the machine's apt sources (in *etc*, default APT_ETC),
+    in the order apt reads them: sources.list, then sources.list.d/ (*.list
+    and *.sources)."""
+    etc = etc or APT_ETC
+    paths = [os.path.join(etc, 'sources.list')]
+    parts = os.path.join(etc, 'sources.list.d')
+    if os.path.isdir(parts):
+        paths += [os.path.join(parts, n) for n in sorted(os.listdir(parts))
+                  if n.endswith(('.list', '.sources'))]
+    entries = []
+    for path in paths:
+        text = read(path)
+        if text is not None:
+            if path.endswith('.sources'):
+                entries += parse_deb822(text, path)
+            else:
+                entries += parse_one_line(text, path)
+    return entries
+
+
+def host_codename(etc='/etc'):
+    text = read(os.path.join(etc, 'os-release')) or ''
+    m = re.search(r'^VERSION_CODENAME="?([^"\n]*)"?$', text, re.M)
+    return m[1] if m else ''
+
+
+def suite_kind(suite):
+    """'security' for trixie-security, 'updates' for trixie-updates, '' for
+    trixie."""
+    return suite.partition('-')[2]
+
+
+def pick_mirror(suite, entries, codename=''):
+    """(mirror root, file naming it) for *suite*, or None: the first entry
+    for that very suite, else the first for the same kind of suite (main
+    archive or security) of the machine's Debian release (*codename*, or a
+    suite alias such as stable), since a Debian mirror serves every
+    release."""
+    kind = suite_kind(suite)
+    releases = {c for c in (codename, *DEBIAN_ALIASES) if c}
+    candidates = [(s, u.rstrip('/'), e['origin']) for e in entries
+                  if {'deb', 'deb-src'} & set(e['types'])
+                  for u in e['uris'] if not u.startswith('cdrom:')
+                  for s in e['suites']]
+    for wanted in (lambda s: s == suite,
+                   lambda s: (suite_kind(s) == kind
+                              and s.partition('-')[0] in releases)):
+        for s, uri, origin in candidates:
+            if wanted(s):
+                return uri, origin
+    return None
+
+
+def mirrors(conf):
+    """{suite: (mirror root, where it comes from)} for each base suite."""
+    entries = None
+    out = {}
+    for suite in conf['BASE_SUITES'].split():
+        var = MIRROR_ENV.get(suite_kind(suite), MIRROR_ENV[''])
+        if os.environ.get(var):
+            out[suite] = (os.environ[var].rstrip('/'), var)
+            continue
+        if entries is None:
+            entries = apt_sources()
+        found = pick_mirror(suite, entries, host_codename())
+        if not found:
+            codename = host_codename() or 'this machine'
+            raise Failure(
+                f'no mirror for {suite}: no entry of the apt sources in '
+                f'{APT_ETC}/sources.list and {APT_ETC}/sources.list.d/ is '
+                f'for {suite} or for {codename}'
+                f'{"-" + suite_kind(suite) if suite_kind(suite) else ""}.\n'
+                f'Set {var} to the root of a Debian mirror that serves it '
+                '(the URI a "deb" line would name), or build offline with '
+                'BASE_ORIG_TARBALL and BASE_DEBIAN_TARBALL.')
+        out[suite] = found
+    return out
+
+
 def apt_download(conf, dest):
     """Download the source package with a private apt configuration."""
     apt = os.path.join(cache_dir(), 'apt')
@@ -101,11 +242,9 @@ def apt_download(conf, dest):
         os.makedirs(os.path.join(apt, sub), exist_ok=True)
     sources = os.path.join(apt, 'sources.list')
     keyring = '/usr/share/keyrings/debian-archive-keyring.gpg'
-    suites = conf['BASE_SUITES'].split()
+    roots = mirrors(conf)
     with open(sources, 'w') as f:
-        for suite in suites:
-            mirror = (conf['BASE_SECURITY_MIRROR'] if 'security' in suite
-                      else conf['BASE_MIRROR'])
+        for suite, (mirror, _) in roots.items():
             f.write(f'deb-src [signed-by={keyring}] {mirror} {suite} main\n')
     opts = ['-o', f'Dir::Etc::SourceList={sources}',
             '-o', 'Dir::Etc::SourceParts=/dev/null',
@@ -118,12 +257,17 @@ def apt_download(conf, dest):
         run(['apt-get', *opts, '-q', 'source', '--download-only',
              conf['BASE_PACKAGE']], cwd=dest, stdout=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError) as exc:
+        used = ', '.join(f'{s} from {m} ({o})' for s, (m, o) in roots.items())
+        step = 'update' if exc.cmd[-1] == 'update' else 'source'
+        why = (f'apt-get {step} exited with {exc.returncode}'
+               if isinstance(exc, subprocess.CalledProcessError) else exc)
         raise Failure(
             f'could not download the {conf["BASE_PACKAGE"]} source package '
-            f'from {" ".join(suites)} ({exc}).\n'
-            'Check the network, or build offline: set BASE_ORIG_TARBALL and '
-            'BASE_DEBIAN_TARBALL to an already-downloaded orig tarball and '
-            'debian.tar.xz.')
+            f'({used}): {why}.\n'
+            'Check the network, or choose other mirrors with '
+            f'{MIRROR_ENV[""]} and {MIRROR_ENV["security"]}, or build '
+            'offline: set BASE_ORIG_TARBALL and BASE_DEBIAN_TARBALL to an '
+            'already-downloaded orig tarball and debian.tar.xz.')
 
 
 def newest(paths):
@@ -153,8 +297,9 @@ def fetch(conf):
             raise Failure(f'the source package in {" ".join(conf["BASE_SUITES"].split())} '
                           f'is no longer {conf["BASE_VERSION"]}: '
                           f'{conf["BASE_ORIG"]} was not downloaded.\n'
-                          'Rebase (see README) or build offline with '
-                          'BASE_ORIG_TARBALL and BASE_DEBIAN_TARBALL.')
+                          'Rebase (see InternalDocs/fork.md) or build '
+                          'offline with BASE_ORIG_TARBALL and '
+                          'BASE_DEBIAN_TARBALL.')
         debian = newest(debs)
     for path in (orig, debian):
         if not os.path.isfile(path):
@@ -199,8 +344,8 @@ def apply_patch(tree, patch_path, what):
             raise Failure(f'{what} {os.path.basename(patch_path)} no longer '
                           f'applies:\n{proc.stdout}{proc.stderr}'
                           'Refresh the patch against the new base (see '
-                          'README, "Rebasing"); build/src was left as it '
-                          'was.')
+                          'InternalDocs/fork.md, "Rebasing"); build/src was '
+                          'left as it was.')
 
 
 def extract_orig(orig, dest):
@@ -528,7 +673,8 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('command', choices=['fetch', 'assemble', 'refresh',
-                                            'status', 'discard', 'info'])
+                                            'status', 'discard', 'info',
+                                            'mirrors'])
     args = parser.parse_args()
     conf = read_conf()
     os.makedirs(BUILD, exist_ok=True)
@@ -541,6 +687,9 @@ def main():
             remove(os.path.join(BUILD, 'base.stamp'))
         elif args.command == 'info':
             print(ensure_base(conf))
+        elif args.command == 'mirrors':
+            for suite, (mirror, origin) in mirrors(conf).items():
+                print(f'{suite}: {mirror} (from {origin})')
         else:
             globals()[args.command](conf)
     except Failure as exc:
