@@ -874,7 +874,10 @@ globals().pop('_tm_func')(*globals().pop('_tm_args'))
 _BOOTSTRAP_LINES = _BOOTSTRAP.splitlines()
 # The frames of the bootstrap in the traces: the program runs on top of
 # the last line; _tm_setup() is called from the line before the "del";
-# finish() runs at exit, called by atexit.
+# finish() runs at exit, called by atexit.  The function object that line
+# 1 makes outlives its "del" in the free-threaded build, which frees a
+# module-level function only when the GC runs.
+_BOOTSTRAP_DEF_FRAME = ('<string>', 1)
 _BOOTSTRAP_CALL_FRAME = ('<string>', len(_BOOTSTRAP_LINES))
 _BOOTSTRAP_SETUP_FRAME = ('<string>', len(_BOOTSTRAP_LINES) - 2)
 _BOOTSTRAP_FINISH_LINES = range(
@@ -919,7 +922,8 @@ def _strip_bootstrap(traces):
     on untruncated tracebacks only. (A truncated one keeps its
     total_nframe, which counts the bootstrap's frame.) The bootstrap's own
     allocations are reported as Python's work in C before running a
-    program is, with no frame; those of finish() are dropped.
+    program is, with no frame; those of finish() and the function object
+    of _tm_setup() are dropped.
     """
     cache = {}
     result = []
@@ -933,8 +937,9 @@ def _strip_bootstrap(traces):
                     new = (frames[:-1], total - 1)
                 elif outermost == _BOOTSTRAP_SETUP_FRAME:
                     new = (_UNKNOWN_FRAMES, 1)
-                elif (outermost[0] == '<string>'
-                        and outermost[1] in _BOOTSTRAP_FINISH_LINES):
+                elif (outermost == _BOOTSTRAP_DEF_FRAME
+                        or (outermost[0] == '<string>'
+                            and outermost[1] in _BOOTSTRAP_FINISH_LINES)):
                     new = ()
             cache[id(frames)] = new
         if new:
@@ -1285,7 +1290,8 @@ def _top(args):
         _print_json(top_json(snapshot, args.group_by, args.cumulative,
                              args.limit))
     else:
-        print(f'Snapshot {args.file}:')
+        # 80 columns, however long the path
+        print(f'Snapshot {_shorten(args.file, 70)}:')
         print('\n'.join(format_top(snapshot, args.group_by, args.cumulative,
                                    args.limit)))
     return 0
@@ -1298,7 +1304,8 @@ def _diff(args):
         _print_json(diff_json(old, new, args.group_by, args.cumulative,
                               args.limit))
     else:
-        print(f'Snapshots {args.old} -> {args.new}:')
+        print(f'Snapshots {_shorten(args.old, 32)} -> '
+              f'{_shorten(args.new, 32)}:')
         print('\n'.join(format_diff(old, new, args.group_by,
                                     args.cumulative, args.limit)))
     return 0

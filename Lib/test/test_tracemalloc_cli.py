@@ -324,6 +324,14 @@ class TopTests(CommandLineTestCase):
             for stat in SNAPSHOT.statistics('traceback')]
         self.assertEqual(data['statistics'], expected)
 
+    def test_long_path_fits_80_columns(self):
+        subdir = self.path('a-directory-with-a-long-name-' * 3)
+        os.mkdir(subdir)
+        path = self.dump(SNAPSHOT, os.path.join(subdir, 'snapshot.out'))
+        out = self.assert_ok(self.tracemalloc('top', path)).stdout
+        self.assert_fits(out)
+        self.assertIn('snapshot.out:', out)
+
     def test_fits_80_columns(self):
         long_name = '/' + '/'.join(['directory'] * 12) + '/deep.py'
         snapshot = snapshot_of((123456789, [(long_name, 12345),
@@ -407,6 +415,15 @@ class DiffTests(CommandLineTestCase):
 
     def test_fits_80_columns(self):
         self.assert_fits(self.diff('--group-by', 'traceback').stdout)
+
+    def test_long_paths_fit_80_columns(self):
+        subdir = self.path('a-directory-with-a-long-name-' * 3)
+        os.mkdir(subdir)
+        old = self.dump(self.OLD, os.path.join(subdir, 'old.out'))
+        new = self.dump(self.NEW, os.path.join(subdir, 'new.out'))
+        out = self.assert_ok(self.tracemalloc('diff', old, new)).stdout
+        self.assert_fits(out)
+        self.assertIn('new.out:', out)
 
 
 class _HTMLChecker(html.parser.HTMLParser):
