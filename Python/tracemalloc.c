@@ -20,7 +20,8 @@
      is ever created or attached, and the GIL is never taken.
    - A free drops the trace from whichever interpreter owns the block: the
      calling interpreter is looked at first, the other tracing interpreters
-     only when that fails. */
+     only when that fails, then the leftovers of the interpreters that
+     ended while tracing (see "Leftovers"). */
 
 #include "Python.h"
 #include "pycore_fileutils.h"     // _Py_write_noraise()
