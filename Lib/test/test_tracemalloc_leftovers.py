@@ -230,16 +230,6 @@ class LeftoversTests(unittest.TestCase):
         self.assertTrue(results['loaded'])
         self.assertTrue(results['same'])
 
-    def test_empty_interpreter_leaves_little(self):
-        # A new interpreter that runs nothing: what it leaves, if anything,
-        # is from its start-up, which is traced from its first allocation.
-        results = run_child('''
-            interp = _interpreters.create()
-            _interpreters.destroy(interp)
-            report(n=len(leftovers_of(interp).traces))
-        ''', 'tracemalloc')
-        self.assertGreaterEqual(results['n'], 0)
-
 
 class StartUpTests(unittest.TestCase):
 
