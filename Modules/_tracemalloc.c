@@ -1,7 +1,9 @@
 /* _tracemalloc: the C half of the tracemalloc module.
 
    Every function acts on the calling interpreter only: each interpreter
-   traces on its own (see Python/tracemalloc.c).  The module keeps no state
+   traces on its own (see Python/tracemalloc.c).  The exceptions are about
+   all interpreters: the leftovers of those that ended while tracing, and
+   the figures of those that trace.  The module keeps no state
    of its own, so it supports multi-phase initialisation, a GIL per
    interpreter, and the free-threaded build. */
 
@@ -192,6 +194,56 @@ _tracemalloc_reset_peak_impl(PyObject *module)
 }
 
 
+/*[clinic input]
+_tracemalloc._get_leftovers
+
+Get the leftovers of the interpreters that ended while tracing.
+
+Return a dict: interpreter id => (traceback_limit, traces), traces as
+_get_traces() returns them.  Callable from any interpreter.
+[clinic start generated code]*/
+
+static PyObject *
+_tracemalloc__get_leftovers_impl(PyObject *module)
+/*[clinic end generated code: output=09750eafbfedcb9c input=f0e3ffe9e47f087c]*/
+{
+    return _PyTraceMalloc_GetLeftovers();
+}
+
+
+/*[clinic input]
+_tracemalloc.clear_leftovers
+
+Forget the leftovers of every interpreter that ended while tracing.
+[clinic start generated code]*/
+
+static PyObject *
+_tracemalloc_clear_leftovers_impl(PyObject *module)
+/*[clinic end generated code: output=ab97281a92890cb6 input=6aae8dc1bd4c6c93]*/
+{
+    _PyTraceMalloc_ClearLeftovers();
+    Py_RETURN_NONE;
+}
+
+
+/*[clinic input]
+_tracemalloc._get_interpreters
+
+Get the figures of every interpreter that traces, and of the leftovers.
+
+Return a list of (id, traceback_limit, traced, peak, traces,
+tracemalloc_memory, ended) tuples: one per tracing interpreter, then one
+per ended interpreter with leftovers (ended is True).
+[clinic start generated code]*/
+
+static PyObject *
+_tracemalloc__get_interpreters_impl(PyObject *module)
+/*[clinic end generated code: output=b037cade8f65f34a input=84791bc1cea3d4c4]*/
+{
+    return _PyTraceMalloc_GetInterpreters();
+}
+
+
 static PyMethodDef module_methods[] = {
     _TRACEMALLOC_IS_TRACING_METHODDEF
     _TRACEMALLOC_CLEAR_TRACES_METHODDEF
@@ -203,6 +255,9 @@ static PyMethodDef module_methods[] = {
     _TRACEMALLOC_GET_TRACEMALLOC_MEMORY_METHODDEF
     _TRACEMALLOC_GET_TRACED_MEMORY_METHODDEF
     _TRACEMALLOC_RESET_PEAK_METHODDEF
+    _TRACEMALLOC__GET_LEFTOVERS_METHODDEF
+    _TRACEMALLOC_CLEAR_LEFTOVERS_METHODDEF
+    _TRACEMALLOC__GET_INTERPRETERS_METHODDEF
     /* sentinel */
     {NULL, NULL}
 };
@@ -216,7 +271,8 @@ static PyModuleDef_Slot module_slots[] = {
 PyDoc_STRVAR(module_doc,
 "Debug module to trace memory blocks allocated by Python.\n\n"
 "Each interpreter traces on its own: every function acts on the calling\n"
-"interpreter only.");
+"interpreter only, but for the leftovers of the ended interpreters and the\n"
+"figures of every interpreter that traces.");
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,

@@ -20,7 +20,8 @@
      is ever created or attached, and the GIL is never taken.
    - A free drops the trace from whichever interpreter owns the block: the
      calling interpreter is looked at first, the other tracing interpreters
-     only when that fails. */
+     only when that fails, then the leftovers of the interpreters that
+     ended while tracing (see "Leftovers"). */
 
 #include "Python.h"
 #include "pycore_fileutils.h"     // _Py_write_noraise()
@@ -36,6 +37,7 @@
 #include "pycore_tracemalloc.h"
 #include <pycore_frame.h>
 
+#include <stdarg.h>               // va_list
 #include <stdlib.h>               // malloc()
 #ifndef Py_GIL_DISABLED
 #  ifdef MS_WINDOWS
@@ -158,6 +160,83 @@ struct tracemalloc_capture_cache {
 };
 
 typedef struct tracemalloc_capture_cache capture_cache_t;
+
+
+/* What an interpreter that ended while tracing left behind: the traces
+   still there after its finalization, its leftovers.  They are kept, with
+   their tables as they were, until freed or cleared, so that one can learn
+   what outlived the interpreter and where it was allocated.  Their
+   tracebacks are copies whose filenames are UTF-8 strings of their own:
+   the interpreter's objects are gone.
+
+   A free looks for its block in the leftovers when no tracing interpreter
+   has it (untrace_block_elsewhere()): their traces stay counted in the
+   owner map under the tag of the session that made them, so that frees of
+   these blocks take the slow path, and the hooks stay installed while
+   there are leftovers.  A set whose last trace is freed gives back the
+   memory of its tables and tracebacks at once, and the set itself goes
+   when the next interpreter ends or the leftovers are cleared: only start
+   and stop (under hooks_mutex) change the list, for it decides whether the
+   hooks are installed.
+
+   The leftovers are bounded: beyond MAX_LEFTOVER_SETS sets or
+   MAX_LEFTOVER_TRACES traces, the oldest sets are dropped (and counted),
+   though the newest set is always kept. */
+
+#define MAX_LEFTOVER_SETS 256
+#define MAX_LEFTOVER_TRACES ((size_t)1 << 20)
+
+typedef struct {
+    const char *filename;       /* UTF-8 */
+    unsigned int lineno;
+} leftover_frame_t;
+
+typedef struct {
+    uint16_t nframe;
+    uint16_t total_nframe;
+    leftover_frame_t frames[1];
+} leftover_traceback_t;
+
+#define LEFTOVER_TRACEBACK_SIZE(NFRAME) \
+        (sizeof(leftover_traceback_t) + sizeof(leftover_frame_t) * (NFRAME - 1))
+
+/* The tracebacks of a set, indexed as the interned tracebacks were, so
+   that the traces' traceback indexes still apply.  Reference counted so
+   that a conversion to Python objects keeps them while the set goes.
+   Protected by the registry mutex; immutable but for refcnt. */
+typedef struct {
+    Py_ssize_t refcnt;
+    leftover_traceback_t **by_index;    /* NULL: not used by a trace */
+    uint32_t nindex;
+    char **filenames;           /* each distinct filename, once */
+    size_t nfilenames;
+    size_t memory;              /* in bytes, all of the above */
+} leftover_tracebacks_t;
+
+/* A set of leftovers: _PyRuntime.tracemalloc.leftovers links them.  Every
+   field is protected by the registry mutex. */
+struct tracemalloc_leftovers {
+    struct tracemalloc_leftovers *next;     /* the next newer set */
+    int64_t interp_id;
+    int max_nframe;
+    /* The tag of the interpreter's last session: the owner map counts the
+       traces under it, so no new session may have it while they remain. */
+    uint32_t owner_tag;
+    /* Traces and bytes left, and what there was when the interpreter
+       ended. */
+    size_t count;
+    size_t size;
+    size_t ended_size;
+    /* The tables, as the interpreter left them; NULL once count is 0. */
+    traces_t *traces;
+    _Py_hashtable_t *domains;
+    leftover_tracebacks_t *tracebacks;
+};
+
+typedef struct tracemalloc_leftovers leftovers_t;
+
+static int leftovers_untrace(unsigned int domain, uintptr_t ptr);
+static int leftovers_hold_tag(uint32_t tag);
 
 
 /* Set while this thread runs inside a hook: a nested allocation (pymalloc
@@ -289,10 +368,12 @@ state_is_tracing(tm_state_t *state)
     return _Py_atomic_load_int_relaxed(&state->tracing);
 }
 
+/* Non-zero while the hooks are installed: while an interpreter traces, or
+   there are leftovers, whose blocks are to be untraced when freed. */
 static inline Py_ssize_t
 ntracing_hint(void)
 {
-    return _Py_atomic_load_ssize_relaxed(&runtime_state.ntracing);
+    return _Py_atomic_load_ssize_relaxed(&runtime_state.nusers);
 }
 
 /* A state joins or leaves the registry, and its tracing flag changes with
@@ -310,10 +391,10 @@ registry_change_end(void)
     _Py_atomic_add_uint64(&runtime_state.generation, 1);
 }
 
-/* Is state the only one that traces?  Read without the registry lock, as a
-   seqlock reader: ntracing and the flag of state must be read together, or
-   a state joining or leaving the registry meanwhile could hide another one
-   that traces.  Says no when in doubt. */
+/* Is state the only one that traces, with no leftovers?  Read without the
+   registry lock, as a seqlock reader: nusers and the flag of state must be
+   read together, or a state joining or leaving the registry meanwhile could
+   hide another one that traces.  Says no when in doubt. */
 static int
 only_tracer(tm_state_t *state)
 {
@@ -322,7 +403,7 @@ only_tracer(tm_state_t *state)
     if (generation & 1) {
         return 0;
     }
-    int only = (_Py_atomic_load_ssize_relaxed(&runtime_state.ntracing) == 1
+    int only = (_Py_atomic_load_ssize_relaxed(&runtime_state.nusers) == 1
                 && _Py_atomic_load_int_relaxed(&state->tracing));
     _Py_atomic_fence_acquire();
     return (only && _Py_atomic_load_uint64_relaxed(&runtime_state.generation)
@@ -2010,7 +2091,8 @@ count_domain_traces(_Py_hashtable_t *domains, const void *key,
 }
 
 /* Make the owner map, and count in it the traces of every tracing state
-   (those of a table that counts already are counted).  Called with the
+   and of the leftovers (those of a table that counts already are
+   counted).  Called with the
    registry locked.  On memory error, there is no map: the frees go on
    asking the registry. */
 static void
@@ -2030,6 +2112,16 @@ owner_map_make(void)
         count_domain_traces(NULL, NULL, state->traces, &tag);
         _Py_hashtable_foreach(state->domains, count_domain_traces, &tag);
         unlock_state(state);
+    }
+    /* The leftovers too: their frees must go the slow way. */
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        if (left->count != 0) {
+            uint32_t tag = left->owner_tag;
+            count_domain_traces(NULL, NULL, left->traces, &tag);
+            _Py_hashtable_foreach(left->domains, count_domain_traces, &tag);
+        }
     }
 }
 
@@ -2165,6 +2257,10 @@ untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
         if (state != own) {
             found = remove_trace_locked(state, domain, ptr, dropped);
         }
+    }
+    if (!found && runtime_state.leftovers != NULL) {
+        /* a block that outlived its interpreter: *dropped says nobody's */
+        found = leftovers_untrace(domain, ptr);
     }
     unlock_registry();
     return found;
@@ -2443,7 +2539,7 @@ remove_hooks(void)
 /* --- The registry of tracing interpreters -------------------------------- */
 
 /* A tag for a new tracing session.  The tags of the registered sessions
-   are skipped; a session that left the registry may still be uncounting
+   and of the leftovers are skipped; a session that left the registry may still be uncounting
    its traces, but its tag comes round again only after 2**32 others.
    Called with the registry locked. */
 static uint32_t
@@ -2451,7 +2547,8 @@ new_owner_tag(void)
 {
     for (;;) {
         uint32_t tag = ++runtime_state.last_owner_tag;
-        int in_use = (tag == OWNER_NONE || tag == OWNER_SHARED);
+        int in_use = (tag == OWNER_NONE || tag == OWNER_SHARED
+                      || leftovers_hold_tag(tag));
         for (Py_ssize_t i = 0; i < runtime_state.ntracing && !in_use; i++) {
             in_use = (runtime_state.tracing[i]->owner_tag == tag);
         }
@@ -2461,7 +2558,17 @@ new_owner_tag(void)
     }
 }
 
-/* Called with the registry locked. */
+/* The hooks stay installed while nusers is non-zero.  Called with the
+   registry locked, within a registry change (see only_tracer()). */
+static void
+update_nusers(void)
+{
+    _Py_atomic_store_ssize_relaxed(
+        &runtime_state.nusers,
+        runtime_state.ntracing + (runtime_state.leftovers != NULL));
+}
+
+/* Called with the registry locked, within a registry change. */
 static int
 register_state(tm_state_t *state)
 {
@@ -2482,10 +2589,11 @@ register_state(tm_state_t *state)
     runtime_state.tracing[runtime_state.ntracing] = state;
     _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing,
                                    runtime_state.ntracing + 1);
+    update_nusers();
     return 0;
 }
 
-/* Called with the registry locked. */
+/* Called with the registry locked, within a registry change. */
 static void
 unregister_state(tm_state_t *state)
 {
@@ -2494,6 +2602,7 @@ unregister_state(tm_state_t *state)
         if (runtime_state.tracing[i] == state) {
             runtime_state.tracing[i] = runtime_state.tracing[n - 1];
             _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing, n - 1);
+            update_nusers();
             return;
         }
     }
@@ -2747,7 +2856,7 @@ _PyTraceMalloc_Start(int max_nframe)
     _Py_atomic_store_int_relaxed(&state->tracing, 1);
     unlock_state(state);
     registry_change_end();
-    int first = (runtime_state.ntracing == 1);
+    int first = (runtime_state.nusers == 1);
     unlock_registry();
 
     if (first) {
@@ -2781,7 +2890,7 @@ stop_tracing(tm_state_t *state, int release_filenames)
     registry_change_begin();
     lock_state(state);
     unregister_state(state);
-    int last = (runtime_state.ntracing == 0);
+    int last = (runtime_state.nusers == 0);
     _Py_atomic_store_int_relaxed(&state->tracing, 0);
     tables_swap(state, &tables, 1);
     state->traced_memory = 0;
@@ -2820,16 +2929,516 @@ _PyTraceMalloc_ForgetInterpreter(PyInterpreterState *interp)
 }
 
 
+/* --- Leftovers ----------------------------------------------------------- */
+
+/* A filename in UTF-8 ("surrogatepass": lone surrogates are kept), in
+   memory of the raw allocator.  Creates no object, so that it can run with
+   the locks held. */
+static char *
+filename_to_utf8(PyObject *filename)
+{
+    assert(PyUnicode_Check(filename));
+    int kind = PyUnicode_KIND(filename);
+    const void *data = PyUnicode_DATA(filename);
+    Py_ssize_t length = PyUnicode_GET_LENGTH(filename);
+    size_t size = 1;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+        size += (ch < 0x80) ? 1 : (ch < 0x800) ? 2 : (ch < 0x10000) ? 3 : 4;
+    }
+    unsigned char *utf8 = raw_malloc(size);
+    if (utf8 == NULL) {
+        return NULL;
+    }
+    unsigned char *p = utf8;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+        if (ch < 0x80) {
+            *p++ = (unsigned char)ch;
+            continue;
+        }
+        int ntail = (ch < 0x800) ? 1 : (ch < 0x10000) ? 2 : 3;
+        static const unsigned char lead[4] = {0, 0xc0, 0xe0, 0xf0};
+        *p++ = (unsigned char)(lead[ntail] | (ch >> (6 * ntail)));
+        for (int shift = 6 * (ntail - 1); shift >= 0; shift -= 6) {
+            *p++ = (unsigned char)(0x80 | ((ch >> shift) & 0x3f));
+        }
+    }
+    *p = '\0';
+    return (char *)utf8;
+}
+
+static void
+leftover_tracebacks_destroy(leftover_tracebacks_t *tracebacks)
+{
+    if (tracebacks->by_index != NULL) {
+        for (uint32_t i = 0; i < tracebacks->nindex; i++) {
+            raw_free(tracebacks->by_index[i]);
+        }
+        raw_free(tracebacks->by_index);
+    }
+    if (tracebacks->filenames != NULL) {
+        for (size_t i = 0; i < tracebacks->nfilenames; i++) {
+            raw_free(tracebacks->filenames[i]);
+        }
+        raw_free(tracebacks->filenames);
+    }
+    raw_free(tracebacks);
+}
+
+/* Called with the registry locked. */
+static void
+leftover_tracebacks_release(leftover_tracebacks_t *tracebacks)
+{
+    assert(tracebacks->refcnt > 0);
+    if (--tracebacks->refcnt == 0) {
+        leftover_tracebacks_destroy(tracebacks);
+    }
+}
+
+/* The copy of a filename, made once per filename (map: filename => copy).
+   NULL on memory error. */
+static const char *
+leftover_filename(leftover_tracebacks_t *tracebacks, _Py_hashtable_t *map,
+                  PyObject *filename, size_t capacity)
+{
+    char *utf8 = _Py_hashtable_get(map, filename);
+    if (utf8 != NULL) {
+        return utf8;
+    }
+    assert(tracebacks->nfilenames < capacity);
+    if (tracebacks->nfilenames == capacity) {
+        return NULL;
+    }
+    utf8 = filename_to_utf8(filename);
+    if (utf8 == NULL) {
+        return NULL;
+    }
+    tracebacks->filenames[tracebacks->nfilenames++] = utf8;
+    tracebacks->memory += strlen(utf8) + 1;
+    if (_Py_hashtable_set(map, filename, utf8) < 0) {
+        return NULL;
+    }
+    return utf8;
+}
+
+static leftover_traceback_t *
+leftover_traceback_new(leftover_tracebacks_t *tracebacks, _Py_hashtable_t *map,
+                       size_t capacity, const traceback_t *traceback)
+{
+    size_t size = LEFTOVER_TRACEBACK_SIZE(traceback->nframe);
+    leftover_traceback_t *copy = raw_malloc(size);
+    if (copy == NULL) {
+        return NULL;
+    }
+    tracebacks->memory += size;
+    copy->nframe = traceback->nframe;
+    copy->total_nframe = traceback->total_nframe;
+    for (int i = 0; i < traceback->nframe; i++) {
+        const frame_t *frame = &traceback->frames[i];
+        copy->frames[i].lineno = frame->lineno;
+        copy->frames[i].filename = leftover_filename(tracebacks, map,
+                                                     frame->filename,
+                                                     capacity);
+        if (copy->frames[i].filename == NULL) {
+            raw_free(copy);
+            return NULL;
+        }
+    }
+    return copy;
+}
+
+/* Copies of the interned tracebacks of an interpreter that has just
+   stopped tracing that its traces use (used[index] != 0), with the same
+   indexes, which outlive its objects.  Called with the registry locked:
+   interned belongs to no state any more, so it does not change. */
+static leftover_tracebacks_t *
+leftover_tracebacks_new(const interned_t *interned, const uint8_t *used)
+{
+    leftover_tracebacks_t *tracebacks = allocators.raw.calloc(
+        allocators.raw.ctx, 1, sizeof(leftover_tracebacks_t));
+    if (tracebacks == NULL) {
+        return NULL;
+    }
+    tracebacks->refcnt = 1;
+    /* the interned filenames, and "<unknown>" */
+    size_t capacity = _Py_hashtable_len(interned->filenames) + 1;
+    tracebacks->filenames = raw_malloc(capacity * sizeof(char *));
+    tracebacks->by_index = allocators.raw.calloc(
+        allocators.raw.ctx, interned->nindex, sizeof(leftover_traceback_t *));
+    _Py_hashtable_t *map = hashtable_new(_Py_hashtable_hash_ptr,
+                                         _Py_hashtable_compare_direct,
+                                         NULL, NULL);
+    if (tracebacks->filenames == NULL || tracebacks->by_index == NULL
+        || map == NULL)
+    {
+        goto error;
+    }
+    tracebacks->nindex = interned->nindex;
+    tracebacks->memory = (sizeof(leftover_tracebacks_t)
+                          + capacity * sizeof(char *)
+                          + interned->nindex * sizeof(void *));
+    for (uint32_t i = 0; i < interned->nindex; i++) {
+        if (!used[i]) {
+            continue;
+        }
+        tracebacks->by_index[i] = leftover_traceback_new(
+            tracebacks, map, capacity, interned->by_index[i]);
+        if (tracebacks->by_index[i] == NULL) {
+            goto error;
+        }
+    }
+    _Py_hashtable_destroy(map);
+    return tracebacks;
+
+error:
+    if (map != NULL) {
+        _Py_hashtable_destroy(map);
+    }
+    leftover_tracebacks_destroy(tracebacks);
+    return NULL;
+}
+
+/* Call visit(arg, domain, size, traceback index) for each trace of a
+   table: of the leftovers, off the hot paths. */
+typedef void (*trace_visitor_t)(void *arg, unsigned int domain, size_t size,
+                                uint32_t traceback);
+
+static void
+traces_visit(traces_t *traces, unsigned int domain, trace_visitor_t visit,
+             void *arg)
+{
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        for (int j = 0; slot->window != 0 && j < WINDOW_GRAINS; j++) {
+            uint32_t entry = slot->leaf->entries[j];
+            if (entry != 0) {
+                visit(arg, domain, entry_size(entry), entry_traceback(entry));
+            }
+        }
+    }
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *shard = &traces->shards[i];
+        for (uint32_t j = 0; j < shard->capacity; j++) {
+            slot_t *slot = &shard->slots[j];
+            if (slot->key != 0) {
+                visit(arg, domain, slot_size(traces, slot), slot->traceback);
+            }
+        }
+    }
+    if (traces->has_top) {
+        visit(arg, domain, traces->top_size, traces->top_traceback);
+    }
+}
+
+typedef struct {
+    trace_visitor_t visit;
+    void *arg;
+} domain_visit_t;
+
+static int
+visit_domain(_Py_hashtable_t *domains, const void *key, const void *value,
+             void *user_data)
+{
+    domain_visit_t *args = user_data;
+    traces_visit((traces_t *)value, (unsigned int)FROM_PTR(key),
+                 args->visit, args->arg);
+    return 0;
+}
+
+/* Visit every trace of the default domain's table and of the others. */
+static void
+tables_visit(traces_t *traces, _Py_hashtable_t *domains,
+             trace_visitor_t visit, void *arg)
+{
+    traces_visit(traces, DEFAULT_DOMAIN, visit, arg);
+    domain_visit_t args = {visit, arg};
+    _Py_hashtable_foreach(domains, visit_domain, &args);
+}
+
+/* Visit every trace of a set.  Called with the registry locked. */
+static void
+leftovers_visit(leftovers_t *left, trace_visitor_t visit, void *arg)
+{
+    if (left->count != 0) {
+        tables_visit(left->traces, left->domains, visit, arg);
+    }
+}
+
+static void
+mark_traceback_used(void *arg, unsigned int domain, size_t size,
+                    uint32_t traceback)
+{
+    ((uint8_t *)arg)[traceback] = 1;
+}
+
+static int count_domain(_Py_hashtable_t *domains, const void *key,
+                        const void *value, void *user_data);
+
+/* Keep the traces of tables that a state has just given up as the
+   leftovers left, with copies of their tracebacks; the traces themselves
+   are taken as they are.  Return -1 if there is nothing to keep, or no
+   memory to keep it with: the tables are then destroyed as at any stop.
+   Called with the registry locked. */
+static int
+leftovers_take(leftovers_t *left, tables_t *tables)
+{
+    if (tables->traces == NULL || tables->interned == NULL) {
+        /* interned is NULL if a conversion still held it: impossible once
+           the interpreter's last thread is ending, but then keep nothing */
+        return -1;
+    }
+    size_t count = tables->traces->count;
+    _Py_hashtable_foreach(tables->domains, count_domain, &count);
+    if (count == 0) {
+        return -1;
+    }
+    /* Most tracebacks interned during the interpreter's life are of
+       blocks long freed: copy only those of the leftovers. */
+    uint8_t *used = allocators.raw.calloc(allocators.raw.ctx,
+                                          tables->interned->nindex, 1);
+    if (used == NULL) {
+        return -1;
+    }
+    tables_visit(tables->traces, tables->domains, mark_traceback_used, used);
+    left->tracebacks = leftover_tracebacks_new(tables->interned, used);
+    raw_free(used);
+    if (left->tracebacks == NULL) {
+        return -1;
+    }
+    left->count = count;
+    left->traces = tables->traces;
+    left->domains = tables->domains;
+    tables->traces = NULL;
+    tables->domains = NULL;
+    return 0;
+}
+
+/* Free the tables of a set, whose traces, if any, leave the owner map.
+   Called with the registry locked. */
+static void
+leftovers_free_tables(leftovers_t *left)
+{
+    if (left->traces != NULL) {
+        traces_destroy(left->traces);
+        left->traces = NULL;
+    }
+    if (left->domains != NULL) {
+        _Py_hashtable_destroy(left->domains);
+        left->domains = NULL;
+    }
+    if (left->tracebacks != NULL) {
+        leftover_tracebacks_release(left->tracebacks);
+        left->tracebacks = NULL;
+    }
+}
+
+/* Remove the trace of a freed block from the leftovers, if there; return
+   1 if it was.  Called with the registry locked, by a hook: the list does
+   not change, but a set that loses its last trace frees its tables. */
+static int
+leftovers_untrace(unsigned int domain, uintptr_t ptr)
+{
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        if (left->count == 0) {
+            continue;
+        }
+        traces_t *traces = (domain == DEFAULT_DOMAIN)
+            ? left->traces : _Py_hashtable_get(left->domains, TO_PTR(domain));
+        size_t size;
+        if (traces == NULL || !traces_pop(traces, ptr, &size, NULL)) {
+            continue;
+        }
+        if (traces->counted) {
+            owner_map_remove(ptr, 1);
+        }
+        left->count--;
+        left->size -= size;
+        runtime_state.leftover_traces--;
+        if (left->count == 0) {
+            leftovers_free_tables(left);
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Do leftovers still count traces in the owner map under tag?  Called with
+   the registry locked. */
+static int
+leftovers_hold_tag(uint32_t tag)
+{
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        if (left->count != 0 && left->owner_tag == tag) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Unlink *link from the list, and free it.  Called with hooks_mutex and the
+   registry locked, within a registry change; update_nusers() to follow. */
+static void
+leftovers_unlink(leftovers_t **link, int count_dropped)
+{
+    leftovers_t *left = *link;
+    *link = left->next;
+    if (runtime_state.last_leftovers == left) {
+        runtime_state.last_leftovers = NULL;
+        for (leftovers_t *l = runtime_state.leftovers; l != NULL;
+             l = l->next)
+        {
+            runtime_state.last_leftovers = l;
+        }
+    }
+    runtime_state.nleftovers--;
+    runtime_state.leftover_traces -= left->count;
+    if (count_dropped && left->count != 0) {
+        runtime_state.dropped_leftovers++;
+        runtime_state.dropped_leftover_traces += left->count;
+    }
+    leftovers_free_tables(left);
+    raw_free(left);
+}
+
+/* Add a set, drop the sets emptied by frees, and the oldest ones beyond the
+   caps: the newest set is always kept.  Called as leftovers_unlink(). */
+static void
+leftovers_add(leftovers_t *left)
+{
+    left->next = NULL;
+    if (runtime_state.last_leftovers != NULL) {
+        runtime_state.last_leftovers->next = left;
+    }
+    else {
+        runtime_state.leftovers = left;
+    }
+    runtime_state.last_leftovers = left;
+    runtime_state.nleftovers++;
+    runtime_state.leftover_traces += left->count;
+
+    leftovers_t **link = &runtime_state.leftovers;
+    while (*link != NULL) {
+        if ((*link)->count == 0) {
+            leftovers_unlink(link, 0);
+        }
+        else {
+            link = &(*link)->next;
+        }
+    }
+    while (runtime_state.leftovers != runtime_state.last_leftovers
+           && (runtime_state.nleftovers > MAX_LEFTOVER_SETS
+               || runtime_state.leftover_traces > MAX_LEFTOVER_TRACES))
+    {
+        leftovers_unlink(&runtime_state.leftovers, 1);
+    }
+}
+
+/* Called as leftovers_unlink(). */
+static void
+leftovers_clear(void)
+{
+    while (runtime_state.leftovers != NULL) {
+        leftovers_unlink(&runtime_state.leftovers, 0);
+    }
+    runtime_state.dropped_leftovers = 0;
+    runtime_state.dropped_leftover_traces = 0;
+}
+
+
+void
+_PyTraceMalloc_EndInterpreter(void)
+{
+    PyInterpreterState *interp = _PyInterpreterState_GET();
+    tm_state_t *state = interp_state(interp);
+    if (!state_is_tracing(state)) {
+        return;
+    }
+    leftovers_t *left = allocators.raw.calloc(allocators.raw.ctx, 1,
+                                              sizeof(leftovers_t));
+    if (left == NULL) {
+        stop_tracing(state, 1);
+        return;
+    }
+    tables_t tables;
+    memset(&tables, 0, sizeof(tables));
+
+    PyMutex_Lock(&runtime_state.hooks_mutex);
+    lock_registry();
+    if (!state->tracing) {
+        unlock_registry();
+        PyMutex_Unlock(&runtime_state.hooks_mutex);
+        raw_free(left);
+        return;
+    }
+    /* As in stop_tracing(), but the traces move to the leftovers within
+       the same registry change: a free of one of them, which waits for
+       the registry lock, finds it there. */
+    registry_change_begin();
+    lock_state(state);
+    unregister_state(state);
+    _Py_atomic_store_int_relaxed(&state->tracing, 0);
+    tables_swap(state, &tables, 1);
+    left->interp_id = interp->id;
+    left->max_nframe = state->max_nframe;
+    left->owner_tag = state->owner_tag;
+    left->size = left->ended_size = state->traced_memory;
+    state->traced_memory = 0;
+    state->peak_traced_memory = 0;
+    unlock_state(state);
+    if (leftovers_take(left, &tables) == 0) {
+        leftovers_add(left);
+        left = NULL;
+    }
+    update_nusers();
+    registry_change_end();
+    int last = (runtime_state.nusers == 0);
+    unlock_registry();
+
+    if (last) {
+        remove_hooks();
+    }
+    PyMutex_Unlock(&runtime_state.hooks_mutex);
+    raw_free(left);
+    tables_destroy(&tables);
+}
+
+
+void
+_PyTraceMalloc_ClearLeftovers(void)
+{
+    PyMutex_Lock(&runtime_state.hooks_mutex);
+    lock_registry();
+    int had = (runtime_state.leftovers != NULL);
+    registry_change_begin();
+    leftovers_clear();
+    update_nusers();
+    registry_change_end();
+    int last = (had && runtime_state.nusers == 0);
+    unlock_registry();
+    if (last) {
+        remove_hooks();
+    }
+    PyMutex_Unlock(&runtime_state.hooks_mutex);
+}
+
+
 void
 _PyTraceMalloc_Fini(void)
 {
     /* Every interpreter has stopped by now, unless one was never finalized:
-       its tables are leaked, but the hooks must go. */
+       its tables are leaked, but the hooks must go, and the leftovers. */
     PyMutex_Lock(&runtime_state.hooks_mutex);
     lock_registry();
-    int installed = (runtime_state.ntracing > 0);
+    int installed = (runtime_state.nusers > 0);
     registry_change_begin();
+    leftovers_clear();
     _Py_atomic_store_ssize_relaxed(&runtime_state.ntracing, 0);
+    update_nusers();
     registry_change_end();
     raw_free(runtime_state.tracing);
     runtime_state.tracing = NULL;
@@ -3570,12 +4179,11 @@ add_domain_size(_Py_hashtable_t *domains, const void *key, const void *value,
     return 0;
 }
 
-size_t
-_PyTraceMalloc_GetMemory(void)
+/* The memory tracemalloc uses for a state.  Called with its mutex held. */
+static size_t
+state_memory(tm_state_t *state)
 {
-    tm_state_t *state = interp_state(_PyInterpreterState_GET());
     size_t size = 0;
-    lock_state(state);
     if (state->tracing) {
         interned_t *interned = state->interned;
         size = _Py_hashtable_size(interned->tracebacks);
@@ -3586,7 +4194,6 @@ _PyTraceMalloc_GetMemory(void)
         _Py_hashtable_foreach(state->domains, add_domain_size, &size);
         size += capture_cache_size(state->cache);
     }
-    unlock_state(state);
     return size;
 }
 
@@ -3610,4 +4217,514 @@ _PyTraceMalloc_ResetPeak(void)
     lock_state(state);
     state->peak_traced_memory = state->traced_memory;
     unlock_state(state);
+}
+
+
+/* --- Leftovers and every interpreter's figures --------------------------- */
+
+/* Called with the registry locked. */
+static size_t
+leftovers_memory(const leftovers_t *left)
+{
+    size_t size = sizeof(leftovers_t);
+    if (left->traces != NULL) {
+        size += traces_memory(left->traces);
+        size += _Py_hashtable_size(left->domains);
+        _Py_hashtable_foreach(left->domains, add_domain_size, &size);
+    }
+    if (left->tracebacks != NULL) {
+        size += left->tracebacks->memory;
+    }
+    return size;
+}
+
+static size_t
+all_leftovers_memory(void)
+{
+    size_t size = 0;
+    lock_registry();
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        size += leftovers_memory(left);
+    }
+    unlock_registry();
+    return size;
+}
+
+size_t
+_PyTraceMalloc_GetMemory(void)
+{
+    PyInterpreterState *interp = _PyInterpreterState_GET();
+    tm_state_t *state = interp_state(interp);
+    lock_state(state);
+    size_t size = state_memory(state);
+    unlock_state(state);
+    if (_Py_IsMainInterpreter(interp)) {
+        /* The leftovers belong to the process, which the main interpreter
+           stands for. */
+        size += all_leftovers_memory();
+    }
+    return size;
+}
+
+
+/* The traces of a set copied under the registry lock, to be converted to
+   Python objects without it. */
+typedef struct {
+    size_t size;
+    uint32_t traceback;
+    unsigned int domain;
+} leftover_trace_t;
+
+typedef struct {
+    int64_t interp_id;
+    int max_nframe;
+    leftover_tracebacks_t *tracebacks;      /* a reference */
+    leftover_trace_t *traces;
+    size_t count;
+} leftovers_copy_t;
+
+static void
+copy_leftover_trace(void *arg, unsigned int domain, size_t size,
+                    uint32_t traceback)
+{
+    leftovers_copy_t *copy = arg;
+    copy->traces[copy->count++] = (leftover_trace_t){size, traceback, domain};
+}
+
+/* Copy the sets with traces left; return their number, or -1 on memory
+   error. */
+static Py_ssize_t
+leftovers_copy_all(leftovers_copy_t **copies_p)
+{
+    lock_registry();
+    Py_ssize_t n = 0;
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        n += (left->count != 0);
+    }
+    leftovers_copy_t *copies = allocators.raw.calloc(
+        allocators.raw.ctx, Py_MAX(n, 1), sizeof(leftovers_copy_t));
+    Py_ssize_t i = 0;
+    for (leftovers_t *left = runtime_state.leftovers;
+         left != NULL && copies != NULL; left = left->next)
+    {
+        if (left->count == 0) {
+            continue;
+        }
+        leftovers_copy_t *copy = &copies[i++];
+        copy->interp_id = left->interp_id;
+        copy->max_nframe = left->max_nframe;
+        copy->traces = raw_malloc(left->count * sizeof(leftover_trace_t));
+        if (copy->traces == NULL) {
+            n = -1;
+            break;
+        }
+        copy->tracebacks = left->tracebacks;
+        copy->tracebacks->refcnt++;
+        leftovers_visit(left, copy_leftover_trace, copy);
+        assert(copy->count == left->count);
+    }
+    unlock_registry();
+    *copies_p = copies;
+    return (copies == NULL) ? -1 : n;
+}
+
+static void
+leftovers_copies_free(leftovers_copy_t *copies, Py_ssize_t n)
+{
+    if (copies == NULL) {
+        return;
+    }
+    lock_registry();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (copies[i].tracebacks != NULL) {
+            leftover_tracebacks_release(copies[i].tracebacks);
+        }
+    }
+    unlock_registry();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        raw_free(copies[i].traces);
+    }
+    raw_free(copies);
+}
+
+/* The objects shared by the traces of a converted set: a tuple of frames
+   per traceback, and a str per filename. */
+typedef struct {
+    PyObject **tracebacks;      /* by traceback index */
+    _Py_hashtable_t *filenames; /* UTF-8 filename => str */
+} leftovers_converter_t;
+
+static PyObject *
+leftover_filename_to_pyobject(leftovers_converter_t *conv,
+                              const char *filename)
+{
+    PyObject *str = _Py_hashtable_get(conv->filenames, filename);
+    if (str == NULL) {
+        str = PyUnicode_DecodeUTF8(filename, (Py_ssize_t)strlen(filename),
+                                   "surrogatepass");
+        if (str == NULL) {
+            return NULL;
+        }
+        if (_Py_hashtable_set(conv->filenames, filename, str) < 0) {
+            Py_DECREF(str);
+            return PyErr_NoMemory();
+        }
+    }
+    return Py_NewRef(str);
+}
+
+static PyObject *
+leftover_traceback_to_pyobject(leftovers_converter_t *conv,
+                               const leftover_traceback_t *traceback)
+{
+    PyObject *frames = PyTuple_New(traceback->nframe);
+    if (frames == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < traceback->nframe; i++) {
+        const leftover_frame_t *frame = &traceback->frames[i];
+        PyObject *filename = leftover_filename_to_pyobject(conv,
+                                                           frame->filename);
+        PyObject *item = filename ? Py_BuildValue("(NI)", filename,
+                                                  frame->lineno) : NULL;
+        if (item == NULL) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(frames, i, item);
+    }
+    return frames;
+}
+
+static PyObject *
+leftover_trace_to_pyobject(leftovers_converter_t *conv,
+                           const leftovers_copy_t *copy,
+                           const leftover_trace_t *trace)
+{
+    PyObject **cached = &conv->tracebacks[trace->traceback];
+    const leftover_traceback_t *traceback =
+        copy->tracebacks->by_index[trace->traceback];
+    if (*cached == NULL) {
+        *cached = leftover_traceback_to_pyobject(conv, traceback);
+        if (*cached == NULL) {
+            return NULL;
+        }
+    }
+    return Py_BuildValue("(InOH)", trace->domain, (Py_ssize_t)trace->size,
+                         *cached, traceback->total_nframe);
+}
+
+/* (traceback_limit, traces) of a copied set, the traces as in
+   _PyTraceMalloc_GetTraces(). */
+static PyObject *
+leftovers_copy_to_pyobject(const leftovers_copy_t *copy)
+{
+    leftovers_converter_t conv = {NULL, NULL};
+    PyObject *result = NULL;
+    PyObject *list = PyList_New((Py_ssize_t)copy->count);
+    conv.tracebacks = PyMem_RawCalloc(copy->tracebacks->nindex,
+                                      sizeof(PyObject *));
+    conv.filenames = hashtable_new(_Py_hashtable_hash_ptr,
+                                   _Py_hashtable_compare_direct,
+                                   NULL, tracemalloc_clear_filename);
+    if (list == NULL || conv.tracebacks == NULL || conv.filenames == NULL) {
+        if (list != NULL) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    for (size_t i = 0; i < copy->count; i++) {
+        PyObject *item = leftover_trace_to_pyobject(&conv, copy,
+                                                    &copy->traces[i]);
+        if (item == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    result = Py_BuildValue("(iO)", copy->max_nframe, list);
+
+done:
+    Py_XDECREF(list);
+    if (conv.tracebacks != NULL) {
+        for (uint32_t i = 0; i < copy->tracebacks->nindex; i++) {
+            Py_XDECREF(conv.tracebacks[i]);
+        }
+        PyMem_RawFree(conv.tracebacks);
+    }
+    if (conv.filenames != NULL) {
+        _Py_hashtable_destroy(conv.filenames);
+    }
+    return result;
+}
+
+PyObject *
+_PyTraceMalloc_GetLeftovers(void)
+{
+    leftovers_copy_t *copies;
+    Py_ssize_t n = leftovers_copy_all(&copies);
+    if (n < 0) {
+        leftovers_copies_free(copies, copies ? 1 : 0);
+        return PyErr_NoMemory();
+    }
+    /* The objects made here are not traced, as for a snapshot. */
+    int was_reentrant = reentrant;
+    reentrant = 1;
+    PyObject *dict = PyDict_New();
+    for (Py_ssize_t i = 0; i < n && dict != NULL; i++) {
+        PyObject *key = PyLong_FromLongLong(copies[i].interp_id);
+        PyObject *value = key ? leftovers_copy_to_pyobject(&copies[i]) : NULL;
+        if (value == NULL || PyDict_SetItem(dict, key, value) < 0) {
+            Py_CLEAR(dict);
+        }
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+    }
+    reentrant = was_reentrant;
+    leftovers_copies_free(copies, n);
+    return dict;
+}
+
+
+/* One interpreter's figures for _PyTraceMalloc_GetInterpreters(). */
+typedef struct {
+    int64_t id;
+    int max_nframe;
+    size_t traced;
+    size_t peak;
+    size_t count;
+    size_t memory;
+    int ended;
+} interp_row_t;
+
+static PyInterpreterState *
+state_interp(tm_state_t *state)
+{
+    return (PyInterpreterState *)((char *)state
+                                  - offsetof(PyInterpreterState, tracemalloc));
+}
+
+/* Called with the registry and the state locked. */
+static interp_row_t
+state_row(tm_state_t *state)
+{
+    size_t count = state->traces->count;
+    _Py_hashtable_foreach(state->domains, count_domain, &count);
+    return (interp_row_t){
+        .id = state_interp(state)->id,
+        .max_nframe = state->max_nframe,
+        .traced = state->traced_memory,
+        .peak = state->peak_traced_memory,
+        .count = count,
+        .memory = state_memory(state),
+        .ended = 0,
+    };
+}
+
+/* Called with the registry locked. */
+static interp_row_t
+leftovers_row(leftovers_t *left)
+{
+    return (interp_row_t){
+        .id = left->interp_id,
+        .max_nframe = left->max_nframe,
+        .traced = left->size,
+        .peak = left->ended_size,
+        .count = left->count,
+        .memory = leftovers_memory(left),
+        .ended = 1,
+    };
+}
+
+/* The rows of every tracing interpreter, then of every set of leftovers,
+   made at once under the registry lock: an interpreter being created or
+   deleted is in the registry with all its tables, or not at all.  Return
+   their number, or -1 on memory error. */
+static Py_ssize_t
+interp_rows(interp_row_t **rows_p)
+{
+    lock_registry();
+    Py_ssize_t n = runtime_state.ntracing;
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        n += (left->count != 0);
+    }
+    interp_row_t *rows = raw_malloc(Py_MAX(n, 1) * sizeof(interp_row_t));
+    if (rows != NULL) {
+        Py_ssize_t i = 0;
+        for (; i < runtime_state.ntracing; i++) {
+            tm_state_t *state = runtime_state.tracing[i];
+            lock_state(state);
+            rows[i] = state_row(state);
+            unlock_state(state);
+        }
+        for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+             left = left->next)
+        {
+            if (left->count != 0) {
+                rows[i++] = leftovers_row(left);
+            }
+        }
+        assert(i == n);
+    }
+    unlock_registry();
+    *rows_p = rows;
+    return rows ? n : -1;
+}
+
+PyObject *
+_PyTraceMalloc_GetInterpreters(void)
+{
+    interp_row_t *rows;
+    Py_ssize_t n = interp_rows(&rows);
+    if (n < 0) {
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t i = 0; i < n && list != NULL; i++) {
+        interp_row_t *row = &rows[i];
+        PyObject *item = Py_BuildValue(
+            "(LinnnnO)", (long long)row->id, row->max_nframe,
+            (Py_ssize_t)row->traced, (Py_ssize_t)row->peak,
+            (Py_ssize_t)row->count, (Py_ssize_t)row->memory,
+            row->ended ? Py_True : Py_False);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    raw_free(rows);
+    return list;
+}
+
+
+/* --- The leftovers report ------------------------------------------------ */
+
+/* Text in memory of the raw allocator; NULL data after a memory error. */
+typedef struct {
+    char *data;
+    size_t len;
+    size_t capacity;
+} text_t;
+
+static void
+text_add(text_t *text, const char *format, ...)
+{
+    if (text->data == NULL) {
+        return;
+    }
+    for (;;) {
+        va_list args;
+        va_start(args, format);
+        int n = vsnprintf(text->data + text->len,
+                          text->capacity - text->len, format, args);
+        va_end(args);
+        if (n < 0) {
+            return;
+        }
+        if ((size_t)n < text->capacity - text->len) {
+            text->len += (size_t)n;
+            return;
+        }
+        size_t capacity = text->capacity * 2 + (size_t)n;
+        char *data = allocators.raw.realloc(allocators.raw.ctx, text->data,
+                                            capacity);
+        if (data == NULL) {
+            raw_free(text->data);
+            text->data = NULL;
+            return;
+        }
+        text->data = data;
+        text->capacity = capacity;
+    }
+}
+
+/* Size and number of the traces of a set, by traceback index. */
+typedef struct {
+    size_t size;
+    size_t count;
+} traceback_total_t;
+
+static void
+add_to_traceback_total(void *arg, unsigned int domain, size_t size,
+                       uint32_t traceback)
+{
+    traceback_total_t *totals = arg;
+    totals[traceback].size += size;
+    totals[traceback].count++;
+}
+
+/* Write the summary of a set and its top largest tracebacks.  Called with
+   the registry locked. */
+static void
+leftovers_report(text_t *text, leftovers_t *left, int top)
+{
+    text_add(text, "tracemalloc: interpreter %lld ended leaving %zu traced "
+             "blocks, %zu bytes\n", (long long)left->interp_id,
+             left->count, left->size);
+    leftover_tracebacks_t *tracebacks = left->tracebacks;
+    traceback_total_t *totals = allocators.raw.calloc(
+        allocators.raw.ctx, tracebacks->nindex, sizeof(traceback_total_t));
+    if (totals == NULL) {
+        return;
+    }
+    leftovers_visit(left, add_to_traceback_total, totals);
+    for (int rank = 1; rank <= top; rank++) {
+        uint32_t best = 0;
+        for (uint32_t i = 1; i < tracebacks->nindex; i++) {
+            if (totals[i].size > totals[best].size) {
+                best = i;
+            }
+        }
+        if (totals[best].count == 0) {
+            break;
+        }
+        text_add(text, "#%d: %zu bytes in %zu blocks, allocated at "
+                 "(most recent call first):\n", rank, totals[best].size,
+                 totals[best].count);
+        leftover_traceback_t *traceback = tracebacks->by_index[best];
+        for (int i = 0; i < traceback->nframe; i++) {
+            text_add(text, "  File \"%s\", line %u\n",
+                     traceback->frames[i].filename,
+                     traceback->frames[i].lineno);
+        }
+        totals[best] = (traceback_total_t){0, 0};
+    }
+    raw_free(totals);
+}
+
+void
+_PyTraceMalloc_ReportLeftovers(int64_t interp_id, int top)
+{
+    text_t text = {raw_malloc(4096), 0, 4096};
+    if (text.data == NULL) {
+        return;
+    }
+    lock_registry();
+    leftovers_t *found = NULL;
+    for (leftovers_t *left = runtime_state.leftovers; left != NULL;
+         left = left->next)
+    {
+        if (left->interp_id == interp_id && left->count != 0) {
+            found = left;
+        }
+    }
+    if (found != NULL) {
+        leftovers_report(&text, found, top);
+    }
+    unlock_registry();
+    for (size_t done = 0; text.data != NULL && done < text.len; ) {
+        Py_ssize_t n = _Py_write_noraise(fileno(stderr), text.data + done,
+                                         text.len - done);
+        if (n <= 0) {
+            break;
+        }
+        done += (size_t)n;
+    }
+    raw_free(text.data);
 }

@@ -180,10 +180,13 @@ struct _tracemalloc_runtime_state {
         PyMemAllocatorEx obj;
     } allocators;
 
-    /* The states of the tracing interpreters; the hooks are installed
-       while there is at least one.  Protected by mutex; ntracing is also
-       read without a lock, as a hint, by the hooks. */
+    /* The states of the tracing interpreters.  Protected by mutex. */
     Py_ssize_t ntracing;
+    /* ntracing, plus one while there are leftovers: the hooks are
+       installed while it is non-zero, for the frees of leftover blocks
+       must be seen too.  Changed under mutex with ntracing, within a
+       registry change; read without a lock, as a hint, by the hooks. */
+    Py_ssize_t nusers;
     /* Odd while a state joins or leaves the registry (with its tracing
        flag).  Changed under mutex, atomically; the hooks read it without a
        lock to read ntracing and a tracing flag together (a seqlock). */
@@ -203,6 +206,18 @@ struct _tracemalloc_runtime_state {
 
     /* The tag given to the last tracing session.  Protected by mutex. */
     uint32_t last_owner_tag;
+
+    /* What the interpreters that ended while tracing left behind: one set
+       of leftover traces per interpreter, oldest first (see
+       Python/tracemalloc.c).  Protected by mutex, like the counts below:
+       the sets, the traces left in them, and what was dropped to keep
+       within the caps. */
+    struct tracemalloc_leftovers *leftovers;
+    struct tracemalloc_leftovers *last_leftovers;
+    Py_ssize_t nleftovers;
+    size_t leftover_traces;
+    size_t dropped_leftovers;
+    size_t dropped_leftover_traces;
 
     /* "<unknown>" line 0: the traceback of a block allocated with no
        Python frame.  Immutable once _PyTraceMalloc_Init() has run. */
@@ -267,6 +282,28 @@ extern void _PyTraceMalloc_ResetPeak(void);
 
 /* A code object of the calling interpreter is being deallocated */
 extern void _PyTraceMalloc_ForgetCode(void);
+
+/* The calling interpreter ends (Py_EndInterpreter()): stop tracing, and
+   keep the traces still there as its leftovers. */
+extern void _PyTraceMalloc_EndInterpreter(void);
+
+/* Once the interpreter interp_id is deleted, write to stderr a summary of
+   its leftovers and their top largest tracebacks, if it left any.  Needs
+   no thread state. */
+extern void _PyTraceMalloc_ReportLeftovers(int64_t interp_id, int top);
+
+/* The leftovers of the ended interpreters as a dict: interpreter id =>
+   (traceback_limit, traces), the traces as _PyTraceMalloc_GetTraces()
+   makes them.  Callable from any interpreter. */
+extern PyObject* _PyTraceMalloc_GetLeftovers(void);
+
+/* Forget the leftovers of every ended interpreter. */
+extern void _PyTraceMalloc_ClearLeftovers(void);
+
+/* A list of (id, traceback_limit, traced, peak, traces, tracemalloc_memory,
+   ended) tuples: one per tracing interpreter, then one per ended
+   interpreter with leftovers.  Callable from any interpreter. */
+extern PyObject* _PyTraceMalloc_GetInterpreters(void);
 
 /* Forget an interpreter that is being deleted: a safety net for
    interpreters deleted without Py_EndInterpreter(), which stops tracing. */

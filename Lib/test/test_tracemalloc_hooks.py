@@ -262,33 +262,6 @@ class TestFork(unittest.TestCase):
             """)
         script_helper.assert_python_ok('-c', code)
 
-    # The child of a debug build crashes there without tracemalloc:
-    # _PyInterpreterState_DeleteExceptMain() clears the other interpreters'
-    # objects with no thread state, and their Py_DECREF() needs one.
-    @unittest.skipIf(support.Py_DEBUG,
-                     "fork() with a live subinterpreter crashes the child")
-    def test_fork_forgets_other_interpreters(self):
-        code = textwrap.dedent("""
-            import os, tracemalloc, _interpreters
-            from test import support
-
-            sub = _interpreters.create('isolated')
-            _interpreters.exec(sub, 'import tracemalloc; tracemalloc.start()')
-            pid = os.fork()
-            if pid == 0:
-                # Only main is left, and it does not trace: the hooks are
-                # gone, and it can start and stop.
-                assert not tracemalloc.is_tracing()
-                tracemalloc.start()
-                data = [bytes(100) for _ in range(100)]
-                assert tracemalloc.take_snapshot().traces
-                tracemalloc.stop()
-                os._exit(0)
-            support.wait_process(pid, exitcode=0, timeout=60)
-            _interpreters.destroy(sub)
-            """)
-        script_helper.assert_python_ok('-c', code)
-
 
 if __name__ == '__main__':
     unittest.main()

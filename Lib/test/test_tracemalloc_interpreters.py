@@ -263,6 +263,9 @@ class SubinterpreterTestCase(unittest.TestCase):
     def setUp(self):
         if tracemalloc.is_tracing():
             self.skipTest("tracemalloc must be stopped before the test")
+        # last: the subinterpreters a test made and destroyed, tracing,
+        # leave their leftovers, which the next test must not find
+        self.addCleanup(tracemalloc.clear_leftovers)
         self.addCleanup(tracemalloc.stop)
         self.sub = self.new_interp()
 
@@ -1350,6 +1353,7 @@ class MainTracesTestCase(unittest.TestCase):
     def setUp(self):
         if tracemalloc.is_tracing():
             self.skipTest('tracemalloc must be stopped before the test')
+        self.addCleanup(tracemalloc.clear_leftovers)
         self.addCleanup(tracemalloc.stop)
 
 
@@ -1469,7 +1473,10 @@ class TestLifecycle(unittest.TestCase):
                     ''')
                 _interpreters.destroy(sub)
 
-                # the sub's block is nobody's now
+                # the sub's block is its leftover: untracked from there,
+                # it is nobody's
+                assert _testinternalcapi.tracemalloc_untrack_rc(
+                    DOMAIN, PTR) == 0
                 assert _testinternalcapi.tracemalloc_untrack_rc(
                     DOMAIN, PTR) == -2
                 assert _testinternalcapi.tracemalloc_untrack_rc(

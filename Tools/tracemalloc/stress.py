@@ -36,7 +36,11 @@ The invariants checked, besides the process surviving:
 - no trace of an interpreter has a frame of another interpreter's code;
 - once everything the mix allocated is freed: no trace is left with a frame
   of the allocating functions, nor in the domains used for Track, so the
-  traced memory the run added is back to zero (no stale traces).
+  traced memory the run added is back to zero (no stale traces);
+- the leftovers of the destroyed interpreters (every interpreter paused):
+  none is a live interpreter's, get_leftovers() and get_interpreters() agree
+  on their totals, and none is of a block the mix freed once it has freed
+  everything.
 
 The run happens in a child process, watched: the driver prints the seed,
 then one summary line, and exits with 0 if all went well, 1 on a violation,
@@ -684,6 +688,41 @@ def check_quiescent(exact, flushed, counter):
                           f'e.g. {stale[:3]}')
 
 
+def check_leftovers(flushed, counter):
+    """Check the leftovers of the destroyed interpreters, every interpreter
+    paused: they are no live interpreter's, their totals add up, and once
+    everything the mix allocated is freed, none is of the mix.
+    """
+    rows = tracemalloc.get_interpreters()
+    leftovers = tracemalloc.get_leftovers()
+    live = {row.id for row in rows if not row.ended}
+    ended = {row.id: row for row in rows if row.ended}
+    counter.checks += 2
+    if live & set(leftovers) or live & set(ended):
+        violation(f'leftovers of live interpreters: '
+                  f'{sorted(live & (set(leftovers) | set(ended)))}')
+    if set(leftovers) != set(ended):
+        violation(f'get_leftovers() has {sorted(leftovers)}, '
+                  f'get_interpreters() {sorted(ended)}')
+    for iid, snapshot in leftovers.items():
+        row = ended.get(iid)
+        raw = snapshot.traces._traces
+        counter.checks += 1
+        if row is not None and (len(raw), sum(t[1] for t in raw)) != (
+                row.traces, row.traced):
+            violation(f'leftovers of {iid}: {len(raw)} traces of '
+                      f'{sum(t[1] for t in raw)} bytes, but the row says '
+                      f'{row.traces} of {row.traced}')
+        if flushed:
+            counter.checks += 1
+            stale = [t for t in raw
+                     if any(f.startswith(MARK_PREFIX) and f.endswith('-alloc>')
+                            for f, _ in t[2])]
+            if stale:
+                violation(f'leftovers of {iid}: {len(stale)} traces of '
+                          f'blocks the mix freed, e.g. {stale[:3]}')
+
+
 def take_violations():
     found = VIOLATIONS[:]
     del VIOLATIONS[:len(found)]
@@ -792,6 +831,7 @@ def pause_check(final, seed):
     if final:
         flush_keep(random.Random(seed), counter)
     check_quiescent(True, not KEEP, counter)
+    check_leftovers(final, counter)
     nviolations, violations = take_violations()
     return {'ops': 0, 'checks': counter.checks, 'giveaway': [],
             'nviolations': nviolations, 'violations': violations,
