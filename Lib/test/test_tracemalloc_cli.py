@@ -788,8 +788,9 @@ class RunTests(CommandLineTestCase):
             import os, _interpreters
             interp = _interpreters.create()
             excinfo = _interpreters.exec(interp, (
-                "import os, tracemalloc\\n"
+                "import os, tracemalloc, _testinternalcapi\\n"
                 "data = [bytearray(500) for _ in range(200)]\\n"
+                "_testinternalcapi.tracemalloc_raw_malloc(12345)\\n"
                 "os.write(1, ('sub %s %s\\\\n' % (tracemalloc.is_tracing(),"
                 " tracemalloc.get_traceback_limit())).encode())\\n"))
             assert excinfo is None, excinfo
@@ -801,13 +802,11 @@ class RunTests(CommandLineTestCase):
         self.assertEqual(self.load().traceback_limit, 6)
         leftovers = [name for name in os.listdir(self.dir)
                      if name.startswith('tracemalloc.out.leftovers.')]
-        if hasattr(tracemalloc, 'get_leftovers'):
-            self.assertTrue(leftovers)
-            for name in leftovers:
-                tracemalloc.Snapshot.load(self.path(name))
-                self.assertIn(name, proc.stderr)
-        else:
-            self.assertEqual(leftovers, [])
+        # the leftovers: the block the subinterpreter never freed
+        self.assertEqual(len(leftovers), 1)
+        snapshot = tracemalloc.Snapshot.load(self.path(leftovers[0]))
+        self.assertIn(12345, [trace.size for trace in snapshot.traces])
+        self.assertIn(leftovers[0], proc.stderr)
 
 
 if __name__ == '__main__':
