@@ -204,7 +204,7 @@ stress:
 # for the build (free-threaded or default) and ours (each entry says why it
 # is there).
 SAN_ENV_asan := ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:handle_segv=0
-SAN_ENV_tsan := TSAN_OPTIONS="halt_on_error=0:exitcode=66:suppressions=$(CURDIR)/build/tsan.supp"
+SAN_ENV_tsan := TSAN_OPTIONS="halt_on_error=0:exitcode=66:allocator_may_return_null=1:suppressions=$(CURDIR)/build/tsan.supp"
 SAN_ENV_tsan-gil := $(SAN_ENV_tsan)
 TSAN_SUPP_tsan := build/src/Tools/tsan/suppressions_free_threading.txt
 TSAN_SUPP_tsan-gil := build/src/Tools/tsan/suppressions.txt
