@@ -21,7 +21,14 @@
    - A free drops the trace from whichever interpreter owns the block: the
      calling interpreter is looked at first, the other tracing interpreters
      only when that fails, then the leftovers of the interpreters that
-     ended while tracing (see "Leftovers"). */
+     ended while tracing (see "Leftovers").
+
+   The unit is split by #include, as Python/thread.c is:
+   tracemalloc_table.h is the traces table (pointer => size and
+   traceback), tracemalloc_capture.h captures and interns tracebacks.
+   This file attributes blocks to interpreters and holds the hooks, the
+   registry of tracing interpreters, their lifecycle, the leftovers and
+   the conversion of traces to Python objects. */
 
 #include "Python.h"
 #include "pycore_fileutils.h"     // _Py_write_noraise()
@@ -87,79 +94,6 @@ typedef struct {
 } dropped_t;
 
 
-/* Capturing a traceback walks the frames, decodes a line number for each
-   one and interns the result.  Decoding (PyCode_Addr2Line()) and interning
-   dominate, and allocations mostly come from a few places, so the capture
-   cache keeps the interned traceback of each recent key (the (code object,
-   instruction) of its frames and its total number of frames), and line
-   numbers per (code object, instruction) for the tracebacks it misses.
-   Both are keyed by code object addresses, and are valid only while
-   state->code_epoch is the value they were filled with: code_dealloc()
-   bumps it whenever a code object dies, before its address can be
-   reused.
-
-   A session starts with small caches and buffers, whatever its traceback
-   limit: each grows with what is captured (a cache when it has missed
-   more often than it has entries, the buffers when a traceback is deeper
-   than they are), so that an interpreter of a pool that allocates little
-   pays little. */
-
-#define MIN_LINE_CACHE_SIZE 256     /* powers of two */
-#define MAX_LINE_CACHE_SIZE 4096
-/* The traceback cache holds between 16 and 1024 tracebacks (a power of
-   two), with at most this many frame keys in all, */
-#define TRACEBACK_CACHE_KEYS 8192
-#define MIN_TRACEBACK_CACHE_ENTRIES 16
-/* and only tracebacks of at most this many frames. */
-#define MAX_CACHED_NFRAME 64
-/* The capture buffers start with room for this many frames. */
-#define MIN_CAPTURE_FRAMES 16
-
-typedef struct {
-    PyCodeObject *code;
-    int lasti;
-} frame_key_t;
-
-typedef struct {
-    frame_key_t key;
-    unsigned int lineno;
-    uint64_t epoch;
-} line_entry_t;
-
-/* An interned traceback and its key; its frame keys are in tb_keys. */
-typedef struct {
-    traceback_t *traceback;     /* NULL if the entry is empty */
-    uint64_t hash;              /* of the key */
-    uint64_t epoch;
-    uint16_t nframe;
-    uint16_t total;
-} traceback_entry_t;
-
-struct tracemalloc_capture_cache {
-    /* Direct mapped by code object and instruction */
-    line_entry_t *lines;
-    size_t nlines;              /* a power of two */
-    size_t line_misses;         /* since lines was made */
-    /* Direct mapped by the hash of the key */
-    traceback_entry_t *tracebacks;
-    size_t ntracebacks;         /* a power of two */
-    size_t max_ntracebacks;     /* what ntracebacks may grow to */
-    size_t traceback_misses;    /* since tracebacks was made */
-    int tb_shift;               /* 64 - log2(ntracebacks) */
-    /* The session's traceback limit, and the frames an entry keeps */
-    int max_nframe;
-    int entry_nframe;
-    /* entry_nframe frame keys per entry of tracebacks */
-    frame_key_t *tb_keys;
-    /* Where the key of the traceback being captured goes, and the frames
-       of its traceback: room for capacity frames each, at most
-       max_nframe. */
-    int capacity;
-    frame_key_t *keys;
-    traceback_t *traceback;
-};
-
-typedef struct tracemalloc_capture_cache capture_cache_t;
 
 
 /* What an interpreter that ended while tracing left behind: the traces
@@ -419,6 +353,12 @@ raw_malloc(size_t size)
     return allocators.raw.malloc(allocators.raw.ctx, size);
 }
 
+static void*
+raw_calloc(size_t nelem, size_t elsize)
+{
+    return allocators.raw.calloc(allocators.raw.ctx, nelem, elsize);
+}
+
 static void
 raw_free(void *ptr)
 {
@@ -640,884 +580,66 @@ tracemalloc_clear_filename(void *value)
 }
 
 
-/* --- Traces tables ------------------------------------------------------- */
-
-/* A table of traces, pointer => (size, traceback): the structure every
-   traced allocation and every free goes through.
-
-   The allocators return blocks aligned on a grain of two pointers, and
-   pymalloc carves its pools into consecutive blocks, so the live blocks lie
-   close together.  A table keeps the traces of the blocks that start in a
-   window of WINDOW_GRAINS grains of address space in a leaf, one 32-bit
-   entry per grain: the block's place in the window finds its entry, with
-   no key to compare and no probing.  An allocation or a free costs a look
-   up of the leaf and one store, and the traces of neighbouring blocks
-   share cache lines.  The leaves are found through an open addressing
-   table of windows (the last one found is remembered).  A leaf that
-   empties stays where it is, for the blocks allocated there next, until
-   the window table is rebuilt, for want of room or once most leaves are
-   empty (a burst of blocks was freed), which drops the empty leaves and
-   may shrink the table.  A leaf takes 128 bytes: 12 to 15
-   bytes per block where small objects lie densely, against 20 to 25 bytes
-   per trace in the spill below.
-
-   An entry packs the size and the traceback index of a trace.  The other
-   traces spill into a second table: blocks not aligned on a grain (which
-   only the C API can track), blocks larger than LEAF_MAX_SIZE (few per
-   window: a leaf would cost more memory than it saves time),
-   traceback indexes above ENTRY_MAX_TRACEBACK.  A count of the spilled
-   traces by hash of their window tells when a block with no leaf entry
-   cannot be in the spill either, which is nearly always.
-
-   The spill is a hash table with open addressing, linear probing and Robin
-   Hood insertion, 16-byte slots stored inline (no allocation per trace)
-   with the distance of their key from its home slot (which Robin Hood
-   compares on every probe), split into shards by the pointer's hash so
-   that growing copies one shard at a time.  A shard grows by a quarter
-   when 80% full.  Small shards grow by several quarters at once, up to
-   twice their size: copying them over and over would cost more than the
-   memory saved.  A shard that empties to below 20% shrinks to 40%, so that
-   the memory of a burst of traces is given back once they are gone. */
-
-#define GRAIN_SHIFT (SIZEOF_VOID_P == 8 ? 4 : 3)   /* two pointers */
-#define WINDOW_BITS 5
-#define WINDOW_GRAINS (1 << WINDOW_BITS)
-#define WINDOW_SHIFT (GRAIN_SHIFT + WINDOW_BITS)
-#define MIN_WINDOWS_CAPACITY 64     /* a power of two */
-#define MAX_WINDOWS_LOAD_PERCENT 75
-#define ENTRY_SIZE_BITS 10
-#ifdef Py_DEBUG
-/* Low enough for the tests to spill traces for their traceback index */
-#  define ENTRY_MAX_TRACEBACK 1000
-#else
-#  define ENTRY_MAX_TRACEBACK ((UINT32_MAX >> ENTRY_SIZE_BITS) - 1)
-#endif
-#define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
-#define SPILLED_BITS 10             /* counters of spilled traces */
-
-#define SHARD_BITS 6
-#define NSHARDS (1 << SHARD_BITS)
-#define MIN_SHARD_CAPACITY 8
-#define MAX_LOAD_PERCENT 80
-#define MIN_LOAD_PERCENT 20         /* below it, a shard shrinks */
-#define SMALL_SHARD_CAPACITY 4096   /* below it, grow to about twice the size */
-#define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
-#define DIST_MAX 255                /* the distance is computed */
-
-typedef struct {
-    /* Per grain: the trace of the block that starts there, packed as
-       (traceback + 1) << ENTRY_SIZE_BITS | size, or 0. */
-    uint32_t entries[WINDOW_GRAINS];
-} leaf_t;
-
-typedef struct {
-    uintptr_t window;           /* window_of() a pointer; 0 if empty */
-    leaf_t *leaf;
-} window_slot_t;
-
-typedef struct {
-    uintptr_t key;              /* ~ptr; 0 if the slot is empty */
-    uint32_t size : 24;         /* size in bytes, or BIG_SIZE */
-    uint32_t dist : 8;          /* distance from the home slot, at most
-                                   DIST_MAX: Robin Hood compares them */
-    uint32_t traceback;         /* index in interned->by_index */
-} slot_t;
-
-typedef struct {
-    slot_t *slots;
-    uint32_t capacity;
-    uint32_t count;
-    uint32_t max_count;         /* grow before count exceeds it */
-} shard_t;
-
-struct tracemalloc_traces {
-    /* Non-zero if the owner map counts the traces of the table. */
-    int counted;
-    /* The leaf used last and its window (0 if none): the next block is
-       mostly in the same window. */
-    uintptr_t last_window;
-    leaf_t *last_leaf;
-    window_slot_t *windows;     /* NULL until the first leaf */
-    uint32_t windows_capacity;  /* a power of two, or 0 */
-    uint32_t nwindows;          /* empty leaves included */
-    size_t count;               /* traces, in the leaves and the spill */
-    shard_t shards[NSHARDS];    /* the spill */
-    /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
-    _Py_hashtable_t *big;
-    /* Number of traces in the spill, by spilled_count() of their window */
-    uint32_t spilled[1 << SPILLED_BITS];
-    /* The trace of UINTPTR_MAX, which only the C API can track: its key in
-       the spill would be that of an empty slot. */
-    int has_top;
-    uint32_t top_traceback;
-    size_t top_size;
-};
+#include "tracemalloc_table.h"      // traces_t: the traces table
 
 
-/* --- The spill: a sharded Robin Hood table --- */
-
-/* Where a pointer goes.  Pointers within the same window go to the same
-   shard, to slots 4 apart from a base chosen by hashing the window's
-   address, so that neighbouring blocks touch neighbouring cache lines. */
-static inline uint64_t
-hash_window(uintptr_t ptr)
-{
-    /* Fibonacci hashing: the high bits depend on every bit of the window */
-    return (uint64_t)(ptr >> WINDOW_SHIFT) * UINT64_C(0x9E3779B97F4A7C15);
-}
-
-static inline shard_t *
-shard_of(traces_t *traces, uintptr_t ptr)
-{
-    return &traces->shards[hash_window(ptr) >> (64 - SHARD_BITS)];
-}
-
-/* The slot where ptr would be with no collision. */
-static inline uint32_t
-home_slot(uintptr_t ptr, uint32_t capacity)
-{
-    /* the next 32 bits of the hash, scaled to the capacity */
-    uint64_t bits = (hash_window(ptr) >> (32 - SHARD_BITS)) & UINT32_MAX;
-    uint64_t home = ((bits * capacity) >> 32)
-                    + ((ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)) * 4;
-    return (uint32_t)(home < capacity ? home : home % capacity);
-}
-
-/* How far the key in slot i is from its home slot. */
-static uint32_t
-displacement(uintptr_t key, uint32_t i, uint32_t capacity)
-{
-    uint32_t home = home_slot(~key, capacity);
-    return i >= home ? i - home : i + capacity - home;
-}
-
-/* How far the key of a full slot i is from its home slot: stored unless
-   it is too far. */
-static inline uint32_t
-slot_dist(const slot_t *slot, uint32_t i, uint32_t capacity)
-{
-    if (slot->dist < DIST_MAX) {
-        return slot->dist;
-    }
-    return displacement(slot->key, i, capacity);
-}
-
-static inline void
-slot_set_dist(slot_t *slot, uint32_t dist)
-{
-    slot->dist = dist < DIST_MAX ? dist : DIST_MAX;
-}
-
-static slot_t *
-shard_find(shard_t *shard, uintptr_t ptr)
-{
-    if (shard->count == 0 || ptr == UINTPTR_MAX) {
-        return NULL;  /* its key would be 0, the empty slot: never stored */
-    }
-    uintptr_t key = ~ptr;
-    uint32_t capacity = shard->capacity;
-    uint32_t i = home_slot(ptr, capacity);
-    for (uint32_t dist = 0; ; dist++) {
-        slot_t *slot = &shard->slots[i];
-        if (slot->key == key) {
-            return slot;
-        }
-        /* Robin Hood: the key would have displaced a nearer one */
-        if (slot->key == 0 || slot_dist(slot, i, capacity) < dist) {
-            return NULL;
-        }
-        if (++i == capacity) {
-            i = 0;
-        }
-    }
-}
-
-/* Put entry, whose key is not in the shard, at slot i, at distance dist
-   from its home slot, where a lookup would stop: shift the nearer keys
-   that follow along (Robin Hood).  The shard has room for it. */
-static void
-shard_insert_at(shard_t *shard, slot_t entry, uint32_t i, uint32_t dist)
-{
-    uint32_t capacity = shard->capacity;
-    for (;; dist++) {
-        slot_t *slot = &shard->slots[i];
-        if (slot->key == 0) {
-            *slot = entry;
-            slot_set_dist(slot, dist);
-            shard->count++;
-            return;
-        }
-        uint32_t d = slot_dist(slot, i, capacity);
-        if (d < dist) {
-            slot_t nearer = *slot;
-            *slot = entry;
-            slot_set_dist(slot, dist);
-            entry = nearer;
-            dist = d;
-        }
-        if (++i == capacity) {
-            i = 0;
-        }
-    }
-}
-
-static void
-shard_insert(shard_t *shard, slot_t entry)
-{
-    shard_insert_at(shard, entry, home_slot(~entry.key, shard->capacity), 0);
-}
-
-static uint64_t
-next_capacity(uint64_t capacity)
-{
-    return Py_MAX(MIN_SHARD_CAPACITY, capacity + capacity / 4 + 1);
-}
-
-/* Move the keys of the shard to new slots, capacity of them (0: none). */
-static int
-shard_resize(shard_t *shard, uint64_t capacity)
-{
-    assert(capacity * MAX_LOAD_PERCENT / 100 >= shard->count);
-    if (capacity > UINT32_MAX) {
-        return -1;
-    }
-    slot_t *slots = NULL;
-    if (capacity != 0) {
-        slots = allocators.raw.calloc(allocators.raw.ctx, (size_t)capacity,
-                                      sizeof(slot_t));
-        if (slots == NULL) {
-            return -1;
-        }
-    }
-    shard_t resized = {slots, (uint32_t)capacity, 0,
-                       (uint32_t)(capacity * MAX_LOAD_PERCENT / 100)};
-    for (uint32_t i = 0; i < shard->capacity; i++) {
-        slot_t *slot = &shard->slots[i];
-        if (slot->key != 0) {
-            shard_insert(&resized, *slot);
-        }
-    }
-    raw_free(shard->slots);
-    *shard = resized;
-    return 0;
-}
-
-static int
-shard_grow(shard_t *shard)
-{
-    uint64_t capacity = next_capacity(shard->capacity);
-    while (capacity < SMALL_SHARD_CAPACITY
-           && capacity < 2 * (uint64_t)shard->capacity)
-    {
-        capacity = next_capacity(capacity);
-    }
-    return shard_resize(shard, capacity);
-}
-
-/* After a removal: give back the memory of a shard that has emptied to
-   below MIN_LOAD_PERCENT, down to a load half the maximum. */
-static inline void
-shard_maybe_shrink(shard_t *shard)
-{
-    if (shard->capacity <= MIN_SHARD_CAPACITY
-        || ((uint64_t)shard->count * 100
-            >= (uint64_t)shard->capacity * MIN_LOAD_PERCENT))
-    {
-        return;
-    }
-    uint64_t capacity = Py_MAX(MIN_SHARD_CAPACITY,
-                               (uint64_t)shard->count * 200
-                               / MAX_LOAD_PERCENT);
-    if (capacity < shard->capacity) {
-        (void)shard_resize(shard, capacity);  /* or stay as it is */
-    }
-}
-
-/* Remove the slot's key, shifting the keys displaced after it back. */
-static void
-shard_remove(shard_t *shard, slot_t *slot)
-{
-    uint32_t capacity = shard->capacity;
-    uint32_t i = (uint32_t)(slot - shard->slots);
-    for (;;) {
-        uint32_t j = (i + 1 == capacity) ? 0 : i + 1;
-        slot_t *next = &shard->slots[j];
-        if (next->key == 0 || next->dist == 0) {
-            break;
-        }
-        uint32_t dist = slot_dist(next, j, capacity);
-        shard->slots[i] = *next;
-        slot_set_dist(&shard->slots[i], dist - 1);
-        i = j;
-    }
-    shard->slots[i].key = 0;
-    shard->count--;
-}
-
-static size_t
-slot_size(traces_t *traces, const slot_t *slot)
-{
-    if (slot->size != BIG_SIZE) {
-        return slot->size;
-    }
-    return (size_t)_Py_hashtable_get(traces->big, TO_PTR(~slot->key));
-}
-
-/* Store the size of a slot, in the big table if it does not fit.  On
-   memory error, return -1 and leave the slot as it was. */
-static int
-slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
-{
-    if (size < BIG_SIZE) {
-        if (slot->size == BIG_SIZE) {
-            _Py_hashtable_steal(traces->big, TO_PTR(ptr));
-        }
-        slot->size = (uint32_t)size;
-        return 0;
-    }
-    if (slot->size == BIG_SIZE) {
-        _Py_hashtable_get_entry(traces->big, TO_PTR(ptr))->value =
-            (void *)(uintptr_t)size;
-        return 0;
-    }
-    if (traces->big == NULL) {
-        traces->big = hashtable_new(_Py_hashtable_hash_ptr,
-                                    _Py_hashtable_compare_direct,
-                                    NULL, NULL);
-        if (traces->big == NULL) {
-            return -1;
-        }
-    }
-    if (_Py_hashtable_set(traces->big, TO_PTR(ptr),
-                          (void *)(uintptr_t)size) < 0)
-    {
-        return -1;
-    }
-    slot->size = BIG_SIZE;
-    return 0;
-}
-
-/* The count of the spilled traces of ptr's window, and of the windows
-   that share its hash. */
-static inline uint32_t *
-spilled_count(traces_t *traces, uintptr_t ptr)
-{
-    return &traces->spilled[hash_window(ptr) >> (64 - SPILLED_BITS)];
-}
-
-static slot_t *
-spill_find(traces_t *traces, uintptr_t ptr)
-{
-    return shard_find(shard_of(traces, ptr), ptr);
-}
-
-/* Set the trace of ptr in the spill.  Return 1 if it replaced one, storing
-   the old size in *old_size, 0 if it is new, -1 on memory error. */
-static int
-spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
-          size_t *old_size)
-{
-    if (ptr == UINTPTR_MAX) {
-        int had = traces->has_top;
-        if (had) {
-            *old_size = traces->top_size;
-        }
-        else {
-            traces->has_top = 1;
-            traces->count++;
-        }
-        traces->top_size = size;
-        traces->top_traceback = traceback;
-        return had;
-    }
-    shard_t *shard = shard_of(traces, ptr);
-    if (shard->count >= shard->max_count) {
-        if (shard_grow(shard) < 0) {
-            return -1;
-        }
-    }
-    /* One pass: find the key, or where it goes */
-    uintptr_t key = ~ptr;
-    uint32_t capacity = shard->capacity;
-    uint32_t i = home_slot(ptr, capacity);
-    uint32_t dist = 0;
-    for (;; dist++) {
-        slot_t *slot = &shard->slots[i];
-        if (slot->key == key) {
-            *old_size = slot_size(traces, slot);
-            if (slot_set_size(traces, slot, ptr, size) < 0) {
-                return -1;
-            }
-            slot->traceback = traceback;
-            return 1;
-        }
-        if (slot->key == 0 || slot_dist(slot, i, capacity) < dist) {
-            break;
-        }
-        if (++i == capacity) {
-            i = 0;
-        }
-    }
-    slot_t entry = {.key = key, .traceback = traceback};
-    if (slot_set_size(traces, &entry, ptr, size) < 0) {
-        return -1;
-    }
-    shard_insert_at(shard, entry, i, dist);
-    (*spilled_count(traces, ptr))++;
-    traces->count++;
-    return 0;
-}
-
-/* Remove the trace of ptr from the spill.  Return 1 if there was one,
-   storing its size in *size and, if traceback is not NULL, its traceback
-   in *traceback; else return 0. */
-static int
-spill_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
-{
-    if (ptr == UINTPTR_MAX) {
-        if (!traces->has_top) {
-            return 0;
-        }
-        *size = traces->top_size;
-        if (traceback != NULL) {
-            *traceback = traces->top_traceback;
-        }
-        traces->has_top = 0;
-        traces->count--;
-        return 1;
-    }
-    shard_t *shard = shard_of(traces, ptr);
-    slot_t *slot = shard_find(shard, ptr);
-    if (slot == NULL) {
-        return 0;
-    }
-    *size = slot_size(traces, slot);
-    if (traceback != NULL) {
-        *traceback = slot->traceback;
-    }
-    if (slot->size == BIG_SIZE) {
-        _Py_hashtable_steal(traces->big, TO_PTR(ptr));
-    }
-    shard_remove(shard, slot);
-    (*spilled_count(traces, ptr))--;
-    traces->count--;
-    shard_maybe_shrink(shard);
-    return 1;
-}
-
-
-/* --- Leaves --- */
-
-static inline int
-has_leaf_entry(uintptr_t ptr)
-{
-    return (ptr & ((1 << GRAIN_SHIFT) - 1)) == 0;
-}
-
-/* The key of ptr's window: never 0. */
-static inline uintptr_t
-window_of(uintptr_t ptr)
-{
-    return (ptr >> WINDOW_SHIFT) + 1;
-}
-
-static inline uint32_t *
-leaf_entry(leaf_t *leaf, uintptr_t ptr)
-{
-    return &leaf->entries[(ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)];
-}
-
-static inline int
-entry_fits(size_t size, uint32_t traceback)
-{
-    Py_BUILD_ASSERT(LEAF_MAX_SIZE < (1 << ENTRY_SIZE_BITS));
-    return size <= LEAF_MAX_SIZE && traceback <= ENTRY_MAX_TRACEBACK;
-}
-
-static inline uint32_t
-entry_pack(size_t size, uint32_t traceback)
-{
-    return ((traceback + 1) << ENTRY_SIZE_BITS) | (uint32_t)size;
-}
-
-static inline size_t
-entry_size(uint32_t entry)
-{
-    return entry & ((1 << ENTRY_SIZE_BITS) - 1);
-}
-
-static inline uint32_t
-entry_traceback(uint32_t entry)
-{
-    return (entry >> ENTRY_SIZE_BITS) - 1;
-}
-
-static inline uint32_t
-window_home(uintptr_t window, uint32_t capacity)
-{
-    return (uint32_t)(((uint64_t)window * UINT64_C(0x9E3779B97F4A7C15)) >> 32)
-           & (capacity - 1);
-}
-
-/* The leaf of a window, or NULL; it becomes the last one used. */
-static leaf_t *
-find_leaf(traces_t *traces, uintptr_t window)
-{
-    uint32_t capacity = traces->windows_capacity;
-    if (capacity == 0) {
-        return NULL;
-    }
-    for (uint32_t i = window_home(window, capacity); ;
-         i = (i + 1) & (capacity - 1))
-    {
-        window_slot_t *slot = &traces->windows[i];
-        if (slot->window == window) {
-            traces->last_window = window;
-            traces->last_leaf = slot->leaf;
-            return slot->leaf;
-        }
-        if (slot->window == 0) {
-            return NULL;
-        }
-    }
-}
-
-static void
-windows_put(window_slot_t *windows, uint32_t capacity, window_slot_t slot)
-{
-    uint32_t i = window_home(slot.window, capacity);
-    while (windows[i].window != 0) {
-        i = (i + 1) & (capacity - 1);
-    }
-    windows[i] = slot;
-}
-
-static int
-leaf_is_empty(const leaf_t *leaf)
-{
-    for (int i = 0; i < WINDOW_GRAINS; i++) {
-        if (leaf->entries[i] != 0) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* Make room for one more window: rebuild the window table, without the
-   leaves that emptied, at most half full. */
-static int
-windows_rebuild(traces_t *traces)
-{
-    uint32_t live = 0;
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
-        window_slot_t *slot = &traces->windows[i];
-        live += (slot->window != 0 && !leaf_is_empty(slot->leaf));
-    }
-    uint64_t capacity = MIN_WINDOWS_CAPACITY;
-    while (capacity < 2 * ((uint64_t)live + 1)) {
-        capacity *= 2;
-    }
-    if (capacity > UINT32_MAX) {
-        return -1;
-    }
-    window_slot_t *windows = allocators.raw.calloc(
-        allocators.raw.ctx, (size_t)capacity, sizeof(window_slot_t));
-    if (windows == NULL) {
-        return -1;
-    }
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
-        window_slot_t slot = traces->windows[i];
-        if (slot.window == 0) {
-            continue;
-        }
-        if (leaf_is_empty(slot.leaf)) {
-            raw_free(slot.leaf);
-        }
-        else {
-            windows_put(windows, (uint32_t)capacity, slot);
-        }
-    }
-    raw_free(traces->windows);
-    traces->windows = windows;
-    traces->windows_capacity = (uint32_t)capacity;
-    traces->nwindows = live;
-    traces->last_window = 0;
-    traces->last_leaf = NULL;
-    return 0;
-}
-
-/* Add an empty leaf for a window that has none: it becomes the last one
-   used.  Return NULL on memory error. */
-static leaf_t *
-add_leaf(traces_t *traces, uintptr_t window)
-{
-    if ((uint64_t)(traces->nwindows + 1) * 100
-        > (uint64_t)traces->windows_capacity * MAX_WINDOWS_LOAD_PERCENT)
-    {
-        if (windows_rebuild(traces) < 0) {
-            return NULL;
-        }
-    }
-    leaf_t *leaf = allocators.raw.calloc(allocators.raw.ctx, 1,
-                                         sizeof(leaf_t));
-    if (leaf == NULL) {
-        return NULL;
-    }
-    windows_put(traces->windows, traces->windows_capacity,
-                (window_slot_t){window, leaf});
-    traces->nwindows++;
-    traces->last_window = window;
-    traces->last_leaf = leaf;
-    return leaf;
-}
-
-/* The leaf of ptr's window, or NULL. */
-static inline leaf_t *
-leaf_of(traces_t *traces, uintptr_t ptr)
-{
-    uintptr_t window = window_of(ptr);
-    if (window == traces->last_window) {
-        return traces->last_leaf;
-    }
-    return find_leaf(traces, window);
-}
-
-/* The leaf of ptr's window, added if there is none; NULL on memory
-   error. */
-static inline leaf_t *
-leaf_for(traces_t *traces, uintptr_t ptr)
-{
-    leaf_t *leaf = leaf_of(traces, ptr);
-    return leaf != NULL ? leaf : add_leaf(traces, window_of(ptr));
-}
-
-/* ptr's entry in its leaf, or NULL if it has none (its window has no
-   leaf, or ptr is not aligned on a grain). */
-static inline uint32_t *
-find_entry(traces_t *traces, uintptr_t ptr)
-{
-    if (!has_leaf_entry(ptr)) {
-        return NULL;
-    }
-    leaf_t *leaf = leaf_of(traces, ptr);
-    return leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
-}
-
-/* Can ptr, whose leaf entry (if any) is 0, have a trace in the spill? */
-static inline int
-may_be_spilled(traces_t *traces, uintptr_t ptr)
-{
-    return !has_leaf_entry(ptr) || *spilled_count(traces, ptr) != 0;
-}
-
-
-/* --- A table: the leaves and the spill --- */
-
-static traces_t *
-traces_new(void)
-{
-    return allocators.raw.calloc(allocators.raw.ctx, 1, sizeof(traces_t));
-}
 
 /* Count (tag != OWNER_NONE) or uncount the traces of a table in the
-   owner map, a leaf at a time: a window lies within one region. */
+   owner map, a run of traces of one region at a time. */
+typedef struct {
+    uint32_t tag;
+    uintptr_t region;           /* of the run */
+    uintptr_t ptr;              /* of its first trace */
+    uint32_t n;                 /* traces in the run */
+} count_run_t;
+
+static void
+count_run_flush(count_run_t *run)
+{
+    if (run->n != 0) {
+        owner_map_change(run->ptr, run->tag, run->n);
+        run->n = 0;
+    }
+}
+
+static void
+count_trace(void *arg, uintptr_t ptr, size_t Py_UNUSED(size),
+            uint32_t Py_UNUSED(traceback))
+{
+    count_run_t *run = arg;
+    if (run->n != 0 && (ptr >> REGION_SHIFT) != run->region) {
+        count_run_flush(run);
+    }
+    if (run->n == 0) {
+        run->region = ptr >> REGION_SHIFT;
+        run->ptr = ptr;
+    }
+    run->n++;
+}
+
 static void
 traces_count(traces_t *traces, uint32_t tag)
 {
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
-        window_slot_t *slot = &traces->windows[i];
-        if (slot->window == 0) {
-            continue;
-        }
-        uint32_t n = 0;
-        for (int j = 0; j < WINDOW_GRAINS; j++) {
-            n += (slot->leaf->entries[j] != 0);
-        }
-        if (n != 0) {
-            owner_map_change((slot->window - 1) << WINDOW_SHIFT, tag, n);
-        }
-    }
-    for (int i = 0; i < NSHARDS; i++) {
-        shard_t *shard = &traces->shards[i];
-        for (uint32_t j = 0; j < shard->capacity; j++) {
-            if (shard->slots[j].key != 0) {
-                owner_map_change(~shard->slots[j].key, tag, 1);
-            }
-        }
-    }
-    if (traces->has_top) {
-        owner_map_change(UINTPTR_MAX, tag, 1);
-    }
+    count_run_t run = {.tag = tag};
+    traces_foreach(traces, count_trace, &run);
+    count_run_flush(&run);
 }
 
 /* Destroy a table whose traces are no longer reachable from a state: they
    leave the owner map. */
 static void
-traces_destroy(traces_t *traces)
+drop_traces(traces_t *traces)
 {
     if (traces->counted && traces->count != 0) {
         traces_count(traces, OWNER_NONE);
     }
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
-        if (traces->windows[i].window != 0) {
-            raw_free(traces->windows[i].leaf);
-        }
-    }
-    raw_free(traces->windows);
-    for (int i = 0; i < NSHARDS; i++) {
-        raw_free(traces->shards[i].slots);
-    }
-    if (traces->big != NULL) {
-        _Py_hashtable_destroy(traces->big);
-    }
-    raw_free(traces);
+    traces_destroy(traces);
 }
-
-static size_t
-traces_memory(traces_t *traces)
-{
-    size_t size = sizeof(traces_t);
-    size += (size_t)traces->windows_capacity * sizeof(window_slot_t);
-    size += (size_t)traces->nwindows * sizeof(leaf_t);
-    for (int i = 0; i < NSHARDS; i++) {
-        size += (size_t)traces->shards[i].capacity * sizeof(slot_t);
-    }
-    if (traces->big != NULL) {
-        size += _Py_hashtable_size(traces->big);
-    }
-    return size;
-}
-
-/* Find the trace of ptr: return 1 and store its size and traceback, or
-   return 0. */
-static int
-traces_get(traces_t *traces, uintptr_t ptr, size_t *size,
-           uint32_t *traceback)
-{
-    uint32_t *entry = find_entry(traces, ptr);
-    if (entry != NULL && *entry != 0) {
-        *size = entry_size(*entry);
-        *traceback = entry_traceback(*entry);
-        return 1;
-    }
-    if (ptr == UINTPTR_MAX) {
-        *size = traces->top_size;
-        *traceback = traces->top_traceback;
-        return traces->has_top;
-    }
-    slot_t *slot = may_be_spilled(traces, ptr) ? spill_find(traces, ptr)
-                                               : NULL;
-    if (slot == NULL) {
-        return 0;
-    }
-    *size = slot_size(traces, slot);
-    *traceback = slot->traceback;
-    return 1;
-}
-
-/* Set the trace of ptr, which does not fit a leaf entry, in the spill. */
-static int
-traces_spill(traces_t *traces, uintptr_t ptr, size_t size,
-             uint32_t traceback, size_t *old_size)
-{
-    uint32_t *entry = find_entry(traces, ptr);
-    if (entry == NULL || *entry == 0) {
-        return spill_set(traces, ptr, size, traceback, old_size);
-    }
-    /* the trace moves from the leaf to the spill */
-    int res = spill_set(traces, ptr, size, traceback, old_size);
-    if (res < 0) {
-        return -1;
-    }
-    assert(res == 0);
-    *old_size = entry_size(*entry);
-    *entry = 0;
-    traces->count--;
-    return 1;
-}
-
-/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
-   in *old_size, 0 if it is new, -1 on memory error (the table is then
-   unchanged). */
-static inline Py_ALWAYS_INLINE int
-traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
-           size_t *old_size)
-{
-    if (!has_leaf_entry(ptr) || !entry_fits(size, traceback)) {
-        return traces_spill(traces, ptr, size, traceback, old_size);
-    }
-    leaf_t *leaf = leaf_for(traces, ptr);
-    if (leaf == NULL) {
-        return -1;
-    }
-    uint32_t *entry = leaf_entry(leaf, ptr);
-    uint32_t old = *entry;
-    *entry = entry_pack(size, traceback);
-    if (old != 0) {
-        *old_size = entry_size(old);
-        return 1;
-    }
-    traces->count++;
-    if (may_be_spilled(traces, ptr)
-        && spill_pop(traces, ptr, old_size, NULL))
-    {
-        return 1;  /* the trace moved from the spill to the leaf */
-    }
-    return 0;
-}
-
-/* Start loading what traces_set() will need for a block: the window table
-   slot of its leaf, if it is not the last one used, or its spill slot.
-   The cache miss can then overlap the capture of the traceback. */
-static inline void
-traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    if (!has_leaf_entry(ptr) || size > LEAF_MAX_SIZE) {
-        shard_t *shard = shard_of(traces, ptr);
-        if (shard->capacity != 0) {
-            __builtin_prefetch(&shard->slots[home_slot(ptr,
-                                                       shard->capacity)], 1);
-        }
-        return;
-    }
-    uintptr_t window = window_of(ptr);
-    if (window != traces->last_window && traces->windows_capacity != 0) {
-        __builtin_prefetch(
-            &traces->windows[window_home(window, traces->windows_capacity)]);
-    }
-#endif
-}
-
-/* Remove the trace of ptr.  Return 1 if there was one, storing its size in
-   *size and, if traceback is not NULL, its traceback in *traceback; else
-   return 0. */
-static inline Py_ALWAYS_INLINE int
-traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
-{
-    uint32_t *entry = find_entry(traces, ptr);
-    if (entry != NULL && *entry != 0) {
-        *size = entry_size(*entry);
-        if (traceback != NULL) {
-            *traceback = entry_traceback(*entry);
-        }
-        *entry = 0;
-        traces->count--;
-        if (traces->nwindows > 2 * traces->count + MIN_WINDOWS_CAPACITY) {
-            /* Most leaves are empty: a burst of blocks was freed. */
-            (void)windows_rebuild(traces);  /* or stay as it is */
-        }
-        return 1;
-    }
-    return (may_be_spilled(traces, ptr)
-            && spill_pop(traces, ptr, size, traceback));
-}
-
 
 static void
 destroy_traces(void *traces)
 {
-    traces_destroy((traces_t *)traces);
+    drop_traces((traces_t *)traces);
 }
 
 static _Py_hashtable_t*
@@ -1529,432 +651,8 @@ domains_table_new(void)
 }
 
 
-/* --- Interned tracebacks and filenames ----------------------------------- */
+#include "tracemalloc_capture.h"    // traceback_new(): capturing a traceback
 
-static interned_t *
-interned_new(void)
-{
-    interned_t *interned = raw_malloc(sizeof(interned_t));
-    if (interned == NULL) {
-        return NULL;
-    }
-    interned->refcnt = 1;
-    interned->nindex = 1;
-    interned->index_capacity = 64;
-    interned->by_index = raw_malloc(64 * sizeof(traceback_t *));
-    if (interned->by_index != NULL) {
-        interned->by_index[0] = &runtime_state.empty_traceback;
-    }
-    interned->filenames = hashtable_new(hashtable_hash_pyobject,
-                                        hashtable_compare_unicode,
-                                        tracemalloc_clear_filename, NULL);
-    interned->tracebacks = hashtable_new(hashtable_hash_traceback,
-                                         hashtable_compare_traceback,
-                                         raw_free, NULL);
-    if (interned->filenames == NULL || interned->tracebacks == NULL
-        || interned->by_index == NULL)
-    {
-        if (interned->filenames != NULL) {
-            _Py_hashtable_destroy(interned->filenames);
-        }
-        if (interned->tracebacks != NULL) {
-            _Py_hashtable_destroy(interned->tracebacks);
-        }
-        raw_free(interned->by_index);
-        raw_free(interned);
-        return NULL;
-    }
-    return interned;
-}
-
-/* Drop a reference; return the tables to destroy (outside the lock, with
-   the interpreter's thread state attached) or NULL.  Called with the
-   interpreter's mutex held. */
-static interned_t *
-interned_release(interned_t *interned)
-{
-    assert(interned->refcnt > 0);
-    if (--interned->refcnt == 0) {
-        return interned;
-    }
-    return NULL;
-}
-
-/* Destroy tables that nobody references: releases the filenames, so the
-   thread state of their interpreter must be attached and no tracemalloc
-   lock held. */
-static void
-interned_destroy(interned_t *interned)
-{
-    if (interned == NULL) {
-        return;
-    }
-    _Py_hashtable_destroy(interned->tracebacks);
-    _Py_hashtable_destroy(interned->filenames);
-    raw_free(interned->by_index);
-    raw_free(interned);
-}
-
-/* Give an interned traceback its index. */
-static int
-interned_add_index(interned_t *interned, traceback_t *traceback)
-{
-    if (interned->nindex == interned->index_capacity) {
-        if (interned->index_capacity > UINT32_MAX / 2) {
-            return -1;
-        }
-        uint32_t capacity = interned->index_capacity * 2;
-        traceback_t **by_index = allocators.raw.realloc(
-            allocators.raw.ctx, interned->by_index,
-            capacity * sizeof(traceback_t *));
-        if (by_index == NULL) {
-            return -1;
-        }
-        interned->by_index = by_index;
-        interned->index_capacity = capacity;
-    }
-    traceback->index = interned->nindex;
-    interned->by_index[interned->nindex++] = traceback;
-    return 0;
-}
-
-
-/* --- Capturing a traceback ----------------------------------------------- */
-
-/* Intern the filename of a frame.  With take_refs == 0 (the thread state is
-   not attached, so reference counts may not be touched), only filenames
-   that are already interned can be used. */
-static PyObject *
-intern_filename(interned_t *interned, PyObject *filename, int take_refs)
-{
-    if (filename == NULL || !PyUnicode_Check(filename)) {
-        return &_Py_STR(anon_unknown);
-    }
-    _Py_hashtable_entry_t *entry;
-    entry = _Py_hashtable_get_entry(interned->filenames, filename);
-    if (entry != NULL) {
-        return (PyObject *)entry->key;
-    }
-    if (!take_refs) {
-        return &_Py_STR(anon_unknown);
-    }
-    /* the filenames table keeps a reference to the filename */
-    if (_Py_hashtable_set(interned->filenames, Py_NewRef(filename),
-                          NULL) < 0) {
-        Py_DECREF(filename);
-        return &_Py_STR(anon_unknown);
-    }
-    return filename;
-}
-
-
-static Py_uhash_t
-traceback_hash(traceback_t *traceback)
-{
-    /* code based on tuplehash() of Objects/tupleobject.c */
-    Py_uhash_t x, y;  /* Unsigned for defined overflow behavior. */
-    int len = traceback->nframe;
-    Py_uhash_t mult = PyHASH_MULTIPLIER;
-    frame_t *frame;
-
-    x = 0x345678UL;
-    frame = traceback->frames;
-    while (--len >= 0) {
-        y = (Py_uhash_t)PyObject_Hash(frame->filename);
-        y ^= (Py_uhash_t)frame->lineno;
-        frame++;
-
-        x = (x ^ y) * mult;
-        /* the cast might truncate len; that doesn't change hash stability */
-        mult += (Py_uhash_t)(82520UL + len + len);
-    }
-    x ^= traceback->total_nframe;
-    x += 97531UL;
-    return x;
-}
-
-
-/* The line number of a frame, from the cache when it has it. */
-/* Make the line cache four times larger, and empty, once it has missed
-   more often than it has entries. */
-static void
-grow_line_cache(capture_cache_t *cache)
-{
-    size_t n = cache->nlines * 4;
-    line_entry_t *lines = allocators.raw.calloc(allocators.raw.ctx, n,
-                                                sizeof(line_entry_t));
-    if (lines == NULL) {
-        return;  /* it is only a cache */
-    }
-    raw_free(cache->lines);
-    cache->lines = lines;
-    cache->nlines = n;
-    cache->line_misses = 0;
-}
-
-static unsigned int
-cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
-{
-    uintptr_t h = ((uintptr_t)key.code >> 4) ^ ((uintptr_t)key.lasti * 31);
-    line_entry_t *entry = &cache->lines[h & (cache->nlines - 1)];
-    if (entry->key.code == key.code && entry->key.lasti == key.lasti
-        && entry->epoch == epoch)
-    {
-        return entry->lineno;
-    }
-    if (++cache->line_misses > cache->nlines
-        && cache->nlines < MAX_LINE_CACHE_SIZE)
-    {
-        grow_line_cache(cache);
-        entry = &cache->lines[h & (cache->nlines - 1)];
-    }
-    int lineno = PyCode_Addr2Line(key.code,
-                                  key.lasti * (int)sizeof(_Py_CODEUNIT));
-    entry->key = key;
-    entry->lineno = lineno < 0 ? 0 : (unsigned int)lineno;
-    entry->epoch = epoch;
-    return entry->lineno;
-}
-
-
-/* Make room for twice as many frames in the capture buffers, at most
-   max_nframe. */
-static Py_NO_INLINE int
-grow_capture_buffers(capture_cache_t *cache)
-{
-    int capacity = (int)Py_MIN(2 * (size_t)cache->capacity,
-                               (size_t)cache->max_nframe);
-    assert(capacity > cache->capacity);
-    frame_key_t *keys = allocators.raw.realloc(allocators.raw.ctx, cache->keys,
-                                  capacity * sizeof(frame_key_t));
-    if (keys == NULL) {
-        return -1;
-    }
-    cache->keys = keys;
-    traceback_t *traceback = allocators.raw.realloc(
-        allocators.raw.ctx, cache->traceback, TRACEBACK_SIZE(capacity));
-    if (traceback == NULL) {
-        return -1;
-    }
-    cache->traceback = traceback;
-    cache->capacity = capacity;
-    return 0;
-}
-
-/* Walk the frames of tstate: store the keys of the first max_nframe in
-   cache->keys, and return the number stored, or -1 on memory error;
-   *total gets the number of frames, up to UINT16_MAX, and *hash the hash
-   of the whole key. */
-static inline int
-capture_keys(PyThreadState *tstate, capture_cache_t *cache,
-             int *total, uint64_t *hash)
-{
-    int nframe = 0, count = 0;
-    int max_nframe = cache->max_nframe;
-    frame_key_t *keys = cache->keys;
-    uint64_t h = 0;
-    _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
-    for (; pyframe != NULL && count < UINT16_MAX;
-         pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
-    {
-        if (nframe < max_nframe) {
-            if (nframe == cache->capacity) {
-                if (grow_capture_buffers(cache) < 0) {
-                    return -1;
-                }
-                keys = cache->keys;
-            }
-            PyCodeObject *code = _PyFrame_GetCode(pyframe);
-            int lasti = _PyInterpreterFrame_LASTI(pyframe);
-            keys[nframe].code = code;
-            keys[nframe].lasti = lasti;
-            h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
-                * UINT64_C(0x9E3779B97F4A7C15);
-            nframe++;
-        }
-        count++;
-    }
-    *total = count;
-    *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
-    return nframe;
-}
-
-static traceback_entry_t *
-traceback_entry(capture_cache_t *cache, uint64_t hash)
-{
-    /* the high bits of the hash depend on every bit of the key */
-    return &cache->tracebacks[hash >> cache->tb_shift];
-}
-
-static frame_key_t *
-entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
-{
-    return cache->tb_keys + (entry - cache->tracebacks) * cache->entry_nframe;
-}
-
-/* The interned traceback of the key in cache->keys, or NULL. */
-static inline traceback_t *
-cached_traceback(capture_cache_t *cache, int nframe, int total,
-                 uint64_t hash, uint64_t epoch)
-{
-    traceback_entry_t *entry = traceback_entry(cache, hash);
-    if (entry->traceback == NULL || entry->hash != hash
-        || entry->epoch != epoch || entry->nframe != nframe
-        || entry->total != total)
-    {
-        return NULL;
-    }
-    assert(nframe <= cache->entry_nframe);
-    frame_key_t *keys = entry_keys(cache, entry);
-    for (int i = 0; i < nframe; i++) {
-        if (cache->keys[i].code != keys[i].code
-            || cache->keys[i].lasti != keys[i].lasti)
-        {
-            return NULL;
-        }
-    }
-    return entry->traceback;
-}
-
-/* Make the traceback cache twice larger, and empty, once it has missed
-   more often than it has entries. */
-static void
-grow_traceback_cache(capture_cache_t *cache)
-{
-    size_t n = cache->ntracebacks * 2;
-    traceback_entry_t *tracebacks = allocators.raw.calloc(
-        allocators.raw.ctx, n, sizeof(traceback_entry_t));
-    frame_key_t *tb_keys = raw_malloc(n * (size_t)cache->entry_nframe
-                                      * sizeof(frame_key_t));
-    if (tracebacks == NULL || tb_keys == NULL) {
-        raw_free(tracebacks);
-        raw_free(tb_keys);
-        return;  /* it is only a cache */
-    }
-    raw_free(cache->tracebacks);
-    raw_free(cache->tb_keys);
-    cache->tracebacks = tracebacks;
-    cache->tb_keys = tb_keys;
-    cache->ntracebacks = n;
-    cache->tb_shift--;
-    cache->traceback_misses = 0;
-}
-
-static void
-cache_traceback(capture_cache_t *cache, traceback_t *traceback, int nframe,
-                int total, uint64_t hash, uint64_t epoch)
-{
-    if (nframe > cache->entry_nframe) {
-        return;  /* too deep to keep */
-    }
-    if (++cache->traceback_misses > cache->ntracebacks
-        && cache->ntracebacks < cache->max_ntracebacks)
-    {
-        grow_traceback_cache(cache);
-    }
-    traceback_entry_t *entry = traceback_entry(cache, hash);
-    memcpy(entry_keys(cache, entry), cache->keys,
-           (size_t)nframe * sizeof(frame_key_t));
-    entry->traceback = traceback;
-    entry->hash = hash;
-    entry->epoch = epoch;
-    entry->nframe = (uint16_t)nframe;
-    entry->total = (uint16_t)total;
-}
-
-/* Forget the cached tracebacks: they were interned in tables being
-   replaced. */
-static void
-forget_cached_tracebacks(capture_cache_t *cache)
-{
-    memset(cache->tracebacks, 0,
-           cache->ntracebacks * sizeof(traceback_entry_t));
-}
-
-
-static traceback_t *
-intern_traceback(interned_t *interned, traceback_t *traceback)
-{
-    traceback->hash = traceback_hash(traceback);
-    _Py_hashtable_entry_t *entry = _Py_hashtable_get_entry(
-        interned->tracebacks, traceback);
-    if (entry != NULL) {
-        return (traceback_t *)entry->key;
-    }
-    size_t traceback_size = TRACEBACK_SIZE(traceback->nframe);
-    traceback_t *copy = raw_malloc(traceback_size);
-    if (copy == NULL) {
-        return NULL;
-    }
-    memcpy(copy, traceback, traceback_size);
-    if (interned_add_index(interned, copy) < 0) {
-        raw_free(copy);
-        return NULL;
-    }
-    if (_Py_hashtable_set(interned->tracebacks, copy, NULL) < 0) {
-        interned->nindex--;
-        raw_free(copy);
-        return NULL;
-    }
-    return copy;
-}
-
-
-/* Build and intern the traceback whose key traceback_new() captured in
-   state->cache->keys; with use_cache, take line numbers from the cache and
-   cache the result. */
-static traceback_t *
-traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
-                uint64_t epoch, int use_cache)
-{
-    capture_cache_t *cache = state->cache;
-    traceback_t *traceback = cache->traceback;
-    traceback->nframe = (uint16_t)nframe;
-    traceback->total_nframe = (uint16_t)total;
-    for (int i = 0; i < nframe; i++) {
-        frame_key_t key = cache->keys[i];
-        frame_t *frame = &traceback->frames[i];
-        frame->lineno = use_cache ? cached_lineno(cache, key, epoch)
-            : (unsigned int)Py_MAX(0, PyCode_Addr2Line(
-                  key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
-        frame->filename = intern_filename(state->interned,
-                                          key.code->co_filename, use_cache);
-    }
-    traceback_t *result = intern_traceback(state->interned, traceback);
-    if (use_cache && result != NULL) {
-        cache_traceback(cache, result, nframe, total, hash, epoch);
-    }
-    return result;
-}
-
-
-/* Capture the current traceback of tstate (NULL: none) and intern it.
-   With take_refs == 0, tstate is not attached: reference counts may not be
-   touched, so only filenames already interned are used, and the cache is
-   left alone.  Called with the state's mutex held. */
-static inline Py_ALWAYS_INLINE traceback_t *
-traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
-{
-    if (tstate == NULL) {
-        return &runtime_state.empty_traceback;
-    }
-    capture_cache_t *cache = state->cache;
-    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
-    int total;
-    uint64_t hash;
-    int nframe = capture_keys(tstate, cache, &total, &hash);
-    if (nframe <= 0) {
-        return nframe == 0 ? &runtime_state.empty_traceback : NULL;
-    }
-    if (take_refs && nframe <= cache->entry_nframe) {
-        traceback_t *cached = cached_traceback(cache, nframe, total,
-                                               hash, epoch);
-        if (cached != NULL) {
-            return cached;
-        }
-    }
-    return traceback_build(state, nframe, total, hash, epoch, take_refs);
-}
 
 
 /* --- Traces of one interpreter (its mutex held) -------------------------- */
@@ -2610,77 +1308,6 @@ unregister_state(tm_state_t *state)
 }
 
 
-/* --- The capture cache of a session ------------------------------------- */
-
-static void
-capture_cache_destroy(capture_cache_t *cache)
-{
-    raw_free(cache->lines);
-    raw_free(cache->tracebacks);
-    raw_free(cache->tb_keys);
-    raw_free(cache->keys);
-    raw_free(cache->traceback);
-    raw_free(cache);
-}
-
-/* The memory the capture cache and buffers take now. */
-static size_t
-capture_cache_size(capture_cache_t *cache)
-{
-    return (sizeof(capture_cache_t)
-            + cache->nlines * sizeof(line_entry_t)
-            + cache->ntracebacks * (sizeof(traceback_entry_t)
-                                    + (size_t)cache->entry_nframe
-                                      * sizeof(frame_key_t))
-            + (size_t)cache->capacity * sizeof(frame_key_t)
-            + TRACEBACK_SIZE(cache->capacity));
-}
-
-static capture_cache_t *
-capture_cache_new(int max_nframe)
-{
-    capture_cache_t *cache = allocators.raw.calloc(allocators.raw.ctx, 1,
-                                                   sizeof(capture_cache_t));
-    if (cache == NULL) {
-        return NULL;
-    }
-    cache->max_nframe = max_nframe;
-    cache->entry_nframe = Py_MIN(max_nframe, MAX_CACHED_NFRAME);
-    /* As many tracebacks as TRACEBACK_CACHE_KEYS allow, in the end */
-    cache->max_ntracebacks = 1024;
-    while (cache->max_ntracebacks > MIN_TRACEBACK_CACHE_ENTRIES
-           && (cache->max_ntracebacks * (size_t)cache->entry_nframe
-               > TRACEBACK_CACHE_KEYS))
-    {
-        cache->max_ntracebacks /= 2;
-    }
-    cache->ntracebacks = MIN_TRACEBACK_CACHE_ENTRIES;
-    cache->tb_shift = 64;
-    for (size_t i = cache->ntracebacks; i > 1; i /= 2) {
-        cache->tb_shift--;
-    }
-    cache->nlines = MIN_LINE_CACHE_SIZE;
-    cache->capacity = Py_MIN(max_nframe, MIN_CAPTURE_FRAMES);
-    cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
-                                         sizeof(line_entry_t));
-    cache->tracebacks = allocators.raw.calloc(allocators.raw.ctx,
-                                              cache->ntracebacks,
-                                              sizeof(traceback_entry_t));
-    cache->tb_keys = raw_malloc(cache->ntracebacks
-                                * (size_t)cache->entry_nframe
-                                * sizeof(frame_key_t));
-    cache->keys = raw_malloc(cache->capacity * sizeof(frame_key_t));
-    cache->traceback = raw_malloc(TRACEBACK_SIZE(cache->capacity));
-    if (cache->lines == NULL || cache->tracebacks == NULL
-        || cache->tb_keys == NULL || cache->keys == NULL
-        || cache->traceback == NULL)
-    {
-        capture_cache_destroy(cache);
-        return NULL;
-    }
-    return cache;
-}
-
 
 /* --- Tables of one interpreter ------------------------------------------- */
 
@@ -2699,7 +1326,7 @@ static void
 tables_destroy(tables_t *tables)
 {
     if (tables->traces != NULL) {
-        traces_destroy(tables->traces);
+        drop_traces(tables->traces);
     }
     if (tables->domains != NULL) {
         _Py_hashtable_destroy(tables->domains);
@@ -3104,37 +1731,27 @@ error:
 typedef void (*trace_visitor_t)(void *arg, unsigned int domain, size_t size,
                                 uint32_t traceback);
 
+typedef struct {
+    trace_visitor_t visit;
+    void *arg;
+    unsigned int domain;
+} domain_visit_t;
+
+static void
+visit_trace(void *arg, uintptr_t Py_UNUSED(ptr), size_t size,
+            uint32_t traceback)
+{
+    domain_visit_t *args = arg;
+    args->visit(args->arg, args->domain, size, traceback);
+}
+
 static void
 traces_visit(traces_t *traces, unsigned int domain, trace_visitor_t visit,
              void *arg)
 {
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
-        window_slot_t *slot = &traces->windows[i];
-        for (int j = 0; slot->window != 0 && j < WINDOW_GRAINS; j++) {
-            uint32_t entry = slot->leaf->entries[j];
-            if (entry != 0) {
-                visit(arg, domain, entry_size(entry), entry_traceback(entry));
-            }
-        }
-    }
-    for (int i = 0; i < NSHARDS; i++) {
-        shard_t *shard = &traces->shards[i];
-        for (uint32_t j = 0; j < shard->capacity; j++) {
-            slot_t *slot = &shard->slots[j];
-            if (slot->key != 0) {
-                visit(arg, domain, slot_size(traces, slot), slot->traceback);
-            }
-        }
-    }
-    if (traces->has_top) {
-        visit(arg, domain, traces->top_size, traces->top_traceback);
-    }
+    domain_visit_t args = {visit, arg, domain};
+    traces_foreach(traces, visit_trace, &args);
 }
-
-typedef struct {
-    trace_visitor_t visit;
-    void *arg;
-} domain_visit_t;
 
 static int
 visit_domain(_Py_hashtable_t *domains, const void *key, const void *value,
@@ -3152,7 +1769,7 @@ tables_visit(traces_t *traces, _Py_hashtable_t *domains,
              trace_visitor_t visit, void *arg)
 {
     traces_visit(traces, DEFAULT_DOMAIN, visit, arg);
-    domain_visit_t args = {visit, arg};
+    domain_visit_t args = {visit, arg, DEFAULT_DOMAIN};
     _Py_hashtable_foreach(domains, visit_domain, &args);
 }
 
@@ -3220,7 +1837,7 @@ static void
 leftovers_free_tables(leftovers_t *left)
 {
     if (left->traces != NULL) {
-        traces_destroy(left->traces);
+        drop_traces(left->traces);
         left->traces = NULL;
     }
     if (left->domains != NULL) {
@@ -3562,6 +2179,67 @@ _PyTraceMalloc_GetLookupsElsewhere(void)
 }
 
 
+/* --- The traces table on its own, for _testinternalcapi ------------------ */
+
+traces_t *
+_PyTraceMalloc_TableNew(void)
+{
+    return traces_new();
+}
+
+void
+_PyTraceMalloc_TableDestroy(traces_t *traces)
+{
+    traces_destroy(traces);
+}
+
+int
+_PyTraceMalloc_TableSet(traces_t *traces, uintptr_t ptr, size_t size,
+                        uint32_t traceback, size_t *old_size)
+{
+    return traces_set(traces, ptr, size, traceback, old_size);
+}
+
+int
+_PyTraceMalloc_TableGet(traces_t *traces, uintptr_t ptr, size_t *size,
+                        uint32_t *traceback)
+{
+    return traces_get(traces, ptr, size, traceback);
+}
+
+int
+_PyTraceMalloc_TablePop(traces_t *traces, uintptr_t ptr, size_t *size,
+                        uint32_t *traceback)
+{
+    return traces_pop(traces, ptr, size, traceback);
+}
+
+size_t
+_PyTraceMalloc_TableCount(traces_t *traces)
+{
+    return traces->count;
+}
+
+size_t
+_PyTraceMalloc_TableMemory(traces_t *traces)
+{
+    return traces_memory(traces);
+}
+
+void
+_PyTraceMalloc_TableForEach(traces_t *traces,
+                            _PyTraceMalloc_TableVisitor visit, void *arg)
+{
+    traces_foreach(traces, visit, arg);
+}
+
+int
+_PyTraceMalloc_TableCheck(traces_t *traces, const char **what)
+{
+    return traces_check(traces, what);
+}
+
+
 /* --- Reused objects ------------------------------------------------------ */
 
 /* The slow path of _PyTraceMalloc_TraceRef(), apart so that the fast one
@@ -3869,48 +2547,31 @@ interned_put(tm_state_t *state, interned_t *interned)
 }
 
 
+typedef struct {
+    snapshot_t *snapshot;
+    interned_t *interned;
+    unsigned int domain;
+} snapshot_add_t;
+
 static void
-snapshot_add_trace(snapshot_t *snapshot, interned_t *interned,
-                   unsigned int domain, size_t size, uint32_t traceback)
+snapshot_add_trace(void *arg, uintptr_t Py_UNUSED(ptr), size_t size,
+                   uint32_t traceback)
 {
+    snapshot_add_t *args = arg;
+    snapshot_t *snapshot = args->snapshot;
     assert(snapshot->count < snapshot->capacity);
     snapshot_trace_t *trace = &snapshot->traces[snapshot->count++];
-    trace->traceback = interned->by_index[traceback];
+    trace->traceback = args->interned->by_index[traceback];
     trace->size = size;
-    trace->domain = domain;
+    trace->domain = args->domain;
 }
 
 static void
 snapshot_add(snapshot_t *snapshot, interned_t *interned, traces_t *traces,
              unsigned int domain)
 {
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
-        window_slot_t *slot = &traces->windows[i];
-        if (slot->window == 0) {
-            continue;
-        }
-        for (int j = 0; j < WINDOW_GRAINS; j++) {
-            uint32_t entry = slot->leaf->entries[j];
-            if (entry != 0) {
-                snapshot_add_trace(snapshot, interned, domain,
-                                   entry_size(entry), entry_traceback(entry));
-            }
-        }
-    }
-    for (int i = 0; i < NSHARDS; i++) {
-        shard_t *shard = &traces->shards[i];
-        for (uint32_t j = 0; j < shard->capacity; j++) {
-            slot_t *slot = &shard->slots[j];
-            if (slot->key != 0) {
-                snapshot_add_trace(snapshot, interned, domain,
-                                   slot_size(traces, slot), slot->traceback);
-            }
-        }
-    }
-    if (traces->has_top) {
-        snapshot_add_trace(snapshot, interned, domain, traces->top_size,
-                           traces->top_traceback);
-    }
+    snapshot_add_t args = {snapshot, interned, domain};
+    traces_foreach(traces, snapshot_add_trace, &args);
 }
 
 static int

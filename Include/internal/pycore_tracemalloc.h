@@ -322,6 +322,31 @@ extern void _PyTraceMalloc_AfterFork_Child(void);
 PyAPI_FUNC(void) _PyTraceMalloc_LockRegistryForTesting(int lock);
 PyAPI_FUNC(uint64_t) _PyTraceMalloc_GetLookupsElsewhere(void);
 
+/* For _testinternalcapi: the traces table of Python/tracemalloc_table.h
+   on its own.  Set, get and pop return as traces_set(), traces_get() and
+   traces_pop() do; check returns 0 if the table's invariants hold, else
+   -1 and says which one does not in *what. */
+typedef void (*_PyTraceMalloc_TableVisitor)(void *arg, uintptr_t ptr,
+                                            size_t size, uint32_t traceback);
+PyAPI_FUNC(struct tracemalloc_traces *) _PyTraceMalloc_TableNew(void);
+PyAPI_FUNC(void) _PyTraceMalloc_TableDestroy(struct tracemalloc_traces *t);
+PyAPI_FUNC(int) _PyTraceMalloc_TableSet(
+    struct tracemalloc_traces *t, uintptr_t ptr, size_t size,
+    uint32_t traceback, size_t *old_size);
+PyAPI_FUNC(int) _PyTraceMalloc_TableGet(
+    struct tracemalloc_traces *t, uintptr_t ptr, size_t *size,
+    uint32_t *traceback);
+PyAPI_FUNC(int) _PyTraceMalloc_TablePop(
+    struct tracemalloc_traces *t, uintptr_t ptr, size_t *size,
+    uint32_t *traceback);
+PyAPI_FUNC(size_t) _PyTraceMalloc_TableCount(struct tracemalloc_traces *t);
+PyAPI_FUNC(size_t) _PyTraceMalloc_TableMemory(struct tracemalloc_traces *t);
+PyAPI_FUNC(void) _PyTraceMalloc_TableForEach(
+    struct tracemalloc_traces *t, _PyTraceMalloc_TableVisitor visit,
+    void *arg);
+PyAPI_FUNC(int) _PyTraceMalloc_TableCheck(struct tracemalloc_traces *t,
+                                          const char **what);
+
 #ifdef __cplusplus
 }
 #endif

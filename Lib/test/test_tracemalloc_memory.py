@@ -3,6 +3,9 @@
 - A session starts small, whatever its traceback limit: its caches and
   buffers grow with what it captures.
 - The tables give their memory back once a burst of traces is gone.
+- The traces table keeps its invariants (a C test of
+  Python/tracemalloc_table.h through _testinternalcapi, which test_capi
+  runs too; here so that the sanitizer runs have it).
 """
 
 import tracemalloc
@@ -103,6 +106,14 @@ class TestTablesShrink(MemoryTestCase):
             untrack(domain, ptr)
         self.assertLess(tracemalloc.get_tracemalloc_memory(),
                         2 * before + 256 * KiB)
+
+
+class TestTracesTable(unittest.TestCase):
+
+    def test_table_on_its_own(self):
+        # Leaves, the spill, big sizes, the top pointer, moves between a
+        # leaf and the spill, removal in bursts: checked in C.
+        _testinternalcapi.test_tracemalloc_table()
 
 
 if __name__ == '__main__':

@@ -1,0 +1,586 @@
+/* Capturing tracebacks for tracemalloc: the interned tracebacks and
+   filenames of a session, the walk of a thread's frames, and the capture
+   cache in front of both.
+
+   Included by Python/tracemalloc.c only (as Python/thread.c includes
+   thread_pthread.h), so that the allocation hook inlines traceback_new().
+   It uses the raw_*() allocators and hash table helpers of tracemalloc.c.
+   Capturing and interning run with the mutex of the state whose tables
+   they change held (see pycore_tracemalloc.h); with take_refs == 0, the
+   thread state is not attached, and no reference count may change.  A
+   session's cache and interned tables are made and destroyed with no
+   lock held, before they are shared or once nothing can reach them.
+
+   Capturing a traceback walks the frames, decodes a line number for each
+   one and interns the result.  Decoding (PyCode_Addr2Line()) and interning
+   dominate, and allocations mostly come from a few places, so the capture
+   cache keeps the interned traceback of each recent key (the (code object,
+   instruction) of its frames and its total number of frames), and line
+   numbers per (code object, instruction) for the tracebacks it misses.
+   Both are keyed by code object addresses, and are valid only while
+   state->code_epoch is the value they were filled with: code_dealloc()
+   bumps it whenever a code object dies, before its address can be
+   reused.
+
+   A session starts with small caches and buffers, whatever its traceback
+   limit: each grows with what is captured (a cache when it has missed
+   more often than it has entries, the buffers when a traceback is deeper
+   than they are), so that an interpreter of a pool that allocates little
+   pays little. */
+
+#define MIN_LINE_CACHE_SIZE 256     /* powers of two */
+#define MAX_LINE_CACHE_SIZE 4096
+/* The traceback cache holds between 16 and 1024 tracebacks (a power of
+   two), with at most this many frame keys in all, */
+#define TRACEBACK_CACHE_KEYS 8192
+#define MIN_TRACEBACK_CACHE_ENTRIES 16
+/* and only tracebacks of at most this many frames. */
+#define MAX_CACHED_NFRAME 64
+/* The capture buffers start with room for this many frames. */
+#define MIN_CAPTURE_FRAMES 16
+
+typedef struct {
+    PyCodeObject *code;
+    int lasti;
+} frame_key_t;
+
+typedef struct {
+    frame_key_t key;
+    unsigned int lineno;
+    uint64_t epoch;
+} line_entry_t;
+
+/* An interned traceback and its key; its frame keys are in tb_keys. */
+typedef struct {
+    traceback_t *traceback;     /* NULL if the entry is empty */
+    uint64_t hash;              /* of the key */
+    uint64_t epoch;
+    uint16_t nframe;
+    uint16_t total;
+} traceback_entry_t;
+
+struct tracemalloc_capture_cache {
+    /* Direct mapped by code object and instruction */
+    line_entry_t *lines;
+    size_t nlines;              /* a power of two */
+    size_t line_misses;         /* since lines was made */
+    /* Direct mapped by the hash of the key */
+    traceback_entry_t *tracebacks;
+    size_t ntracebacks;         /* a power of two */
+    size_t max_ntracebacks;     /* what ntracebacks may grow to */
+    size_t traceback_misses;    /* since tracebacks was made */
+    int tb_shift;               /* 64 - log2(ntracebacks) */
+    /* The session's traceback limit, and the frames an entry keeps */
+    int max_nframe;
+    int entry_nframe;
+    /* entry_nframe frame keys per entry of tracebacks */
+    frame_key_t *tb_keys;
+    /* Where the key of the traceback being captured goes, and the frames
+       of its traceback: room for capacity frames each, at most
+       max_nframe. */
+    int capacity;
+    frame_key_t *keys;
+    traceback_t *traceback;
+};
+
+typedef struct tracemalloc_capture_cache capture_cache_t;
+
+/* --- Interned tracebacks and filenames ----------------------------------- */
+
+static interned_t *
+interned_new(void)
+{
+    interned_t *interned = raw_malloc(sizeof(interned_t));
+    if (interned == NULL) {
+        return NULL;
+    }
+    interned->refcnt = 1;
+    interned->nindex = 1;
+    interned->index_capacity = 64;
+    interned->by_index = raw_malloc(64 * sizeof(traceback_t *));
+    if (interned->by_index != NULL) {
+        interned->by_index[0] = &runtime_state.empty_traceback;
+    }
+    interned->filenames = hashtable_new(hashtable_hash_pyobject,
+                                        hashtable_compare_unicode,
+                                        tracemalloc_clear_filename, NULL);
+    interned->tracebacks = hashtable_new(hashtable_hash_traceback,
+                                         hashtable_compare_traceback,
+                                         raw_free, NULL);
+    if (interned->filenames == NULL || interned->tracebacks == NULL
+        || interned->by_index == NULL)
+    {
+        if (interned->filenames != NULL) {
+            _Py_hashtable_destroy(interned->filenames);
+        }
+        if (interned->tracebacks != NULL) {
+            _Py_hashtable_destroy(interned->tracebacks);
+        }
+        raw_free(interned->by_index);
+        raw_free(interned);
+        return NULL;
+    }
+    return interned;
+}
+
+/* Drop a reference; return the tables to destroy (outside the lock, with
+   the interpreter's thread state attached) or NULL.  Called with the
+   interpreter's mutex held. */
+static interned_t *
+interned_release(interned_t *interned)
+{
+    assert(interned->refcnt > 0);
+    if (--interned->refcnt == 0) {
+        return interned;
+    }
+    return NULL;
+}
+
+/* Destroy tables that nobody references: releases the filenames, so the
+   thread state of their interpreter must be attached and no tracemalloc
+   lock held. */
+static void
+interned_destroy(interned_t *interned)
+{
+    if (interned == NULL) {
+        return;
+    }
+    _Py_hashtable_destroy(interned->tracebacks);
+    _Py_hashtable_destroy(interned->filenames);
+    raw_free(interned->by_index);
+    raw_free(interned);
+}
+
+/* Give an interned traceback its index. */
+static int
+interned_add_index(interned_t *interned, traceback_t *traceback)
+{
+    if (interned->nindex == interned->index_capacity) {
+        if (interned->index_capacity > UINT32_MAX / 2) {
+            return -1;
+        }
+        uint32_t capacity = interned->index_capacity * 2;
+        traceback_t **by_index = allocators.raw.realloc(
+            allocators.raw.ctx, interned->by_index,
+            capacity * sizeof(traceback_t *));
+        if (by_index == NULL) {
+            return -1;
+        }
+        interned->by_index = by_index;
+        interned->index_capacity = capacity;
+    }
+    traceback->index = interned->nindex;
+    interned->by_index[interned->nindex++] = traceback;
+    return 0;
+}
+
+
+/* --- Capturing a traceback ----------------------------------------------- */
+
+/* Intern the filename of a frame.  With take_refs == 0 (the thread state is
+   not attached, so reference counts may not be touched), only filenames
+   that are already interned can be used. */
+static PyObject *
+intern_filename(interned_t *interned, PyObject *filename, int take_refs)
+{
+    if (filename == NULL || !PyUnicode_Check(filename)) {
+        return &_Py_STR(anon_unknown);
+    }
+    _Py_hashtable_entry_t *entry;
+    entry = _Py_hashtable_get_entry(interned->filenames, filename);
+    if (entry != NULL) {
+        return (PyObject *)entry->key;
+    }
+    if (!take_refs) {
+        return &_Py_STR(anon_unknown);
+    }
+    /* the filenames table keeps a reference to the filename */
+    if (_Py_hashtable_set(interned->filenames, Py_NewRef(filename),
+                          NULL) < 0) {
+        Py_DECREF(filename);
+        return &_Py_STR(anon_unknown);
+    }
+    return filename;
+}
+
+
+static Py_uhash_t
+traceback_hash(traceback_t *traceback)
+{
+    /* code based on tuplehash() of Objects/tupleobject.c */
+    Py_uhash_t x, y;  /* Unsigned for defined overflow behavior. */
+    int len = traceback->nframe;
+    Py_uhash_t mult = PyHASH_MULTIPLIER;
+    frame_t *frame;
+
+    x = 0x345678UL;
+    frame = traceback->frames;
+    while (--len >= 0) {
+        y = (Py_uhash_t)PyObject_Hash(frame->filename);
+        y ^= (Py_uhash_t)frame->lineno;
+        frame++;
+
+        x = (x ^ y) * mult;
+        /* the cast might truncate len; that doesn't change hash stability */
+        mult += (Py_uhash_t)(82520UL + len + len);
+    }
+    x ^= traceback->total_nframe;
+    x += 97531UL;
+    return x;
+}
+
+
+/* The line number of a frame, from the cache when it has it. */
+/* Make the line cache four times larger, and empty, once it has missed
+   more often than it has entries. */
+static void
+grow_line_cache(capture_cache_t *cache)
+{
+    size_t n = cache->nlines * 4;
+    line_entry_t *lines = allocators.raw.calloc(allocators.raw.ctx, n,
+                                                sizeof(line_entry_t));
+    if (lines == NULL) {
+        return;  /* it is only a cache */
+    }
+    raw_free(cache->lines);
+    cache->lines = lines;
+    cache->nlines = n;
+    cache->line_misses = 0;
+}
+
+static unsigned int
+cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
+{
+    uintptr_t h = ((uintptr_t)key.code >> 4) ^ ((uintptr_t)key.lasti * 31);
+    line_entry_t *entry = &cache->lines[h & (cache->nlines - 1)];
+    if (entry->key.code == key.code && entry->key.lasti == key.lasti
+        && entry->epoch == epoch)
+    {
+        return entry->lineno;
+    }
+    if (++cache->line_misses > cache->nlines
+        && cache->nlines < MAX_LINE_CACHE_SIZE)
+    {
+        grow_line_cache(cache);
+        entry = &cache->lines[h & (cache->nlines - 1)];
+    }
+    int lineno = PyCode_Addr2Line(key.code,
+                                  key.lasti * (int)sizeof(_Py_CODEUNIT));
+    entry->key = key;
+    entry->lineno = lineno < 0 ? 0 : (unsigned int)lineno;
+    entry->epoch = epoch;
+    return entry->lineno;
+}
+
+
+/* Make room for twice as many frames in the capture buffers, at most
+   max_nframe. */
+static Py_NO_INLINE int
+grow_capture_buffers(capture_cache_t *cache)
+{
+    int capacity = (int)Py_MIN(2 * (size_t)cache->capacity,
+                               (size_t)cache->max_nframe);
+    assert(capacity > cache->capacity);
+    frame_key_t *keys = allocators.raw.realloc(allocators.raw.ctx, cache->keys,
+                                  capacity * sizeof(frame_key_t));
+    if (keys == NULL) {
+        return -1;
+    }
+    cache->keys = keys;
+    traceback_t *traceback = allocators.raw.realloc(
+        allocators.raw.ctx, cache->traceback, TRACEBACK_SIZE(capacity));
+    if (traceback == NULL) {
+        return -1;
+    }
+    cache->traceback = traceback;
+    cache->capacity = capacity;
+    return 0;
+}
+
+/* Walk the frames of tstate: store the keys of the first max_nframe in
+   cache->keys, and return the number stored, or -1 on memory error;
+   *total gets the number of frames, up to UINT16_MAX, and *hash the hash
+   of the whole key. */
+static inline int
+capture_keys(PyThreadState *tstate, capture_cache_t *cache,
+             int *total, uint64_t *hash)
+{
+    int nframe = 0, count = 0;
+    int max_nframe = cache->max_nframe;
+    frame_key_t *keys = cache->keys;
+    uint64_t h = 0;
+    _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
+    for (; pyframe != NULL && count < UINT16_MAX;
+         pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
+    {
+        if (nframe < max_nframe) {
+            if (nframe == cache->capacity) {
+                if (grow_capture_buffers(cache) < 0) {
+                    return -1;
+                }
+                keys = cache->keys;
+            }
+            PyCodeObject *code = _PyFrame_GetCode(pyframe);
+            int lasti = _PyInterpreterFrame_LASTI(pyframe);
+            keys[nframe].code = code;
+            keys[nframe].lasti = lasti;
+            h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
+                * UINT64_C(0x9E3779B97F4A7C15);
+            nframe++;
+        }
+        count++;
+    }
+    *total = count;
+    *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
+    return nframe;
+}
+
+static traceback_entry_t *
+traceback_entry(capture_cache_t *cache, uint64_t hash)
+{
+    /* the high bits of the hash depend on every bit of the key */
+    return &cache->tracebacks[hash >> cache->tb_shift];
+}
+
+static frame_key_t *
+entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
+{
+    return cache->tb_keys + (entry - cache->tracebacks) * cache->entry_nframe;
+}
+
+/* The interned traceback of the key in cache->keys, or NULL. */
+static inline traceback_t *
+cached_traceback(capture_cache_t *cache, int nframe, int total,
+                 uint64_t hash, uint64_t epoch)
+{
+    traceback_entry_t *entry = traceback_entry(cache, hash);
+    if (entry->traceback == NULL || entry->hash != hash
+        || entry->epoch != epoch || entry->nframe != nframe
+        || entry->total != total)
+    {
+        return NULL;
+    }
+    assert(nframe <= cache->entry_nframe);
+    frame_key_t *keys = entry_keys(cache, entry);
+    for (int i = 0; i < nframe; i++) {
+        if (cache->keys[i].code != keys[i].code
+            || cache->keys[i].lasti != keys[i].lasti)
+        {
+            return NULL;
+        }
+    }
+    return entry->traceback;
+}
+
+/* Make the traceback cache twice larger, and empty, once it has missed
+   more often than it has entries. */
+static void
+grow_traceback_cache(capture_cache_t *cache)
+{
+    size_t n = cache->ntracebacks * 2;
+    traceback_entry_t *tracebacks = allocators.raw.calloc(
+        allocators.raw.ctx, n, sizeof(traceback_entry_t));
+    frame_key_t *tb_keys = raw_malloc(n * (size_t)cache->entry_nframe
+                                      * sizeof(frame_key_t));
+    if (tracebacks == NULL || tb_keys == NULL) {
+        raw_free(tracebacks);
+        raw_free(tb_keys);
+        return;  /* it is only a cache */
+    }
+    raw_free(cache->tracebacks);
+    raw_free(cache->tb_keys);
+    cache->tracebacks = tracebacks;
+    cache->tb_keys = tb_keys;
+    cache->ntracebacks = n;
+    cache->tb_shift--;
+    cache->traceback_misses = 0;
+}
+
+static void
+cache_traceback(capture_cache_t *cache, traceback_t *traceback, int nframe,
+                int total, uint64_t hash, uint64_t epoch)
+{
+    if (nframe > cache->entry_nframe) {
+        return;  /* too deep to keep */
+    }
+    if (++cache->traceback_misses > cache->ntracebacks
+        && cache->ntracebacks < cache->max_ntracebacks)
+    {
+        grow_traceback_cache(cache);
+    }
+    traceback_entry_t *entry = traceback_entry(cache, hash);
+    memcpy(entry_keys(cache, entry), cache->keys,
+           (size_t)nframe * sizeof(frame_key_t));
+    entry->traceback = traceback;
+    entry->hash = hash;
+    entry->epoch = epoch;
+    entry->nframe = (uint16_t)nframe;
+    entry->total = (uint16_t)total;
+}
+
+/* Forget the cached tracebacks: they were interned in tables being
+   replaced. */
+static void
+forget_cached_tracebacks(capture_cache_t *cache)
+{
+    memset(cache->tracebacks, 0,
+           cache->ntracebacks * sizeof(traceback_entry_t));
+}
+
+
+static traceback_t *
+intern_traceback(interned_t *interned, traceback_t *traceback)
+{
+    traceback->hash = traceback_hash(traceback);
+    _Py_hashtable_entry_t *entry = _Py_hashtable_get_entry(
+        interned->tracebacks, traceback);
+    if (entry != NULL) {
+        return (traceback_t *)entry->key;
+    }
+    size_t traceback_size = TRACEBACK_SIZE(traceback->nframe);
+    traceback_t *copy = raw_malloc(traceback_size);
+    if (copy == NULL) {
+        return NULL;
+    }
+    memcpy(copy, traceback, traceback_size);
+    if (interned_add_index(interned, copy) < 0) {
+        raw_free(copy);
+        return NULL;
+    }
+    if (_Py_hashtable_set(interned->tracebacks, copy, NULL) < 0) {
+        interned->nindex--;
+        raw_free(copy);
+        return NULL;
+    }
+    return copy;
+}
+
+
+/* Build and intern the traceback whose key traceback_new() captured in
+   state->cache->keys; with use_cache, take line numbers from the cache and
+   cache the result. */
+static traceback_t *
+traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
+                uint64_t epoch, int use_cache)
+{
+    capture_cache_t *cache = state->cache;
+    traceback_t *traceback = cache->traceback;
+    traceback->nframe = (uint16_t)nframe;
+    traceback->total_nframe = (uint16_t)total;
+    for (int i = 0; i < nframe; i++) {
+        frame_key_t key = cache->keys[i];
+        frame_t *frame = &traceback->frames[i];
+        frame->lineno = use_cache ? cached_lineno(cache, key, epoch)
+            : (unsigned int)Py_MAX(0, PyCode_Addr2Line(
+                  key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
+        frame->filename = intern_filename(state->interned,
+                                          key.code->co_filename, use_cache);
+    }
+    traceback_t *result = intern_traceback(state->interned, traceback);
+    if (use_cache && result != NULL) {
+        cache_traceback(cache, result, nframe, total, hash, epoch);
+    }
+    return result;
+}
+
+
+/* Capture the current traceback of tstate (NULL: none) and intern it.
+   With take_refs == 0, tstate is not attached: reference counts may not be
+   touched, so only filenames already interned are used, and the cache is
+   left alone.  Called with the state's mutex held. */
+static inline Py_ALWAYS_INLINE traceback_t *
+traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+{
+    if (tstate == NULL) {
+        return &runtime_state.empty_traceback;
+    }
+    capture_cache_t *cache = state->cache;
+    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
+    int total;
+    uint64_t hash;
+    int nframe = capture_keys(tstate, cache, &total, &hash);
+    if (nframe <= 0) {
+        return nframe == 0 ? &runtime_state.empty_traceback : NULL;
+    }
+    if (take_refs && nframe <= cache->entry_nframe) {
+        traceback_t *cached = cached_traceback(cache, nframe, total,
+                                               hash, epoch);
+        if (cached != NULL) {
+            return cached;
+        }
+    }
+    return traceback_build(state, nframe, total, hash, epoch, take_refs);
+}
+
+
+/* --- The capture cache of a session ------------------------------------- */
+
+static void
+capture_cache_destroy(capture_cache_t *cache)
+{
+    raw_free(cache->lines);
+    raw_free(cache->tracebacks);
+    raw_free(cache->tb_keys);
+    raw_free(cache->keys);
+    raw_free(cache->traceback);
+    raw_free(cache);
+}
+
+/* The memory the capture cache and buffers take now. */
+static size_t
+capture_cache_size(capture_cache_t *cache)
+{
+    return (sizeof(capture_cache_t)
+            + cache->nlines * sizeof(line_entry_t)
+            + cache->ntracebacks * (sizeof(traceback_entry_t)
+                                    + (size_t)cache->entry_nframe
+                                      * sizeof(frame_key_t))
+            + (size_t)cache->capacity * sizeof(frame_key_t)
+            + TRACEBACK_SIZE(cache->capacity));
+}
+
+static capture_cache_t *
+capture_cache_new(int max_nframe)
+{
+    capture_cache_t *cache = allocators.raw.calloc(allocators.raw.ctx, 1,
+                                                   sizeof(capture_cache_t));
+    if (cache == NULL) {
+        return NULL;
+    }
+    cache->max_nframe = max_nframe;
+    cache->entry_nframe = Py_MIN(max_nframe, MAX_CACHED_NFRAME);
+    /* As many tracebacks as TRACEBACK_CACHE_KEYS allow, in the end */
+    cache->max_ntracebacks = 1024;
+    while (cache->max_ntracebacks > MIN_TRACEBACK_CACHE_ENTRIES
+           && (cache->max_ntracebacks * (size_t)cache->entry_nframe
+               > TRACEBACK_CACHE_KEYS))
+    {
+        cache->max_ntracebacks /= 2;
+    }
+    cache->ntracebacks = MIN_TRACEBACK_CACHE_ENTRIES;
+    cache->tb_shift = 64;
+    for (size_t i = cache->ntracebacks; i > 1; i /= 2) {
+        cache->tb_shift--;
+    }
+    cache->nlines = MIN_LINE_CACHE_SIZE;
+    cache->capacity = Py_MIN(max_nframe, MIN_CAPTURE_FRAMES);
+    cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
+                                         sizeof(line_entry_t));
+    cache->tracebacks = allocators.raw.calloc(allocators.raw.ctx,
+                                              cache->ntracebacks,
+                                              sizeof(traceback_entry_t));
+    cache->tb_keys = raw_malloc(cache->ntracebacks
+                                * (size_t)cache->entry_nframe
+                                * sizeof(frame_key_t));
+    cache->keys = raw_malloc(cache->capacity * sizeof(frame_key_t));
+    cache->traceback = raw_malloc(TRACEBACK_SIZE(cache->capacity));
+    if (cache->lines == NULL || cache->tracebacks == NULL
+        || cache->tb_keys == NULL || cache->keys == NULL
+        || cache->traceback == NULL)
+    {
+        capture_cache_destroy(cache);
+        return NULL;
+    }
+    return cache;
+}
+

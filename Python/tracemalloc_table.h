@@ -1,0 +1,1016 @@
+/* The traces table of tracemalloc: pointer => (size, traceback index).
+
+   Included by Python/tracemalloc.c only (as Python/thread.c includes
+   thread_pthread.h), so that the hooks inline its fast paths.  It knows
+   nothing of interpreters, locks or tracebacks: its caller serializes
+   every call on a table, and gives it raw_malloc(), raw_calloc(),
+   raw_free() and hashtable_new() for its memory.  _testinternalcapi tests
+   it on its own, through the _PyTraceMalloc_Table*() functions of
+   tracemalloc.c.
+
+   It is the structure every traced allocation and every free goes
+   through.
+
+   The allocators return blocks aligned on a grain of two pointers, and
+   pymalloc carves its pools into consecutive blocks, so the live blocks lie
+   close together.  A table keeps the traces of the blocks that start in a
+   window of WINDOW_GRAINS grains of address space in a leaf, one 32-bit
+   entry per grain: the block's place in the window finds its entry, with
+   no key to compare and no probing.  An allocation or a free costs a look
+   up of the leaf and one store, and the traces of neighbouring blocks
+   share cache lines.  The leaves are found through an open addressing
+   table of windows (the last one found is remembered).  A leaf that
+   empties stays where it is, for the blocks allocated there next, until
+   the window table is rebuilt, for want of room or once most leaves are
+   empty (a burst of blocks was freed), which drops the empty leaves and
+   may shrink the table.  A leaf takes 128 bytes: 12 to 15
+   bytes per block where small objects lie densely, against 20 to 25 bytes
+   per trace in the spill below.
+
+   An entry packs the size and the traceback index of a trace.  The other
+   traces spill into a second table: blocks not aligned on a grain (which
+   only the C API can track), blocks larger than LEAF_MAX_SIZE (few per
+   window: a leaf would cost more memory than it saves time),
+   traceback indexes above ENTRY_MAX_TRACEBACK.  A count of the spilled
+   traces by hash of their window tells when a block with no leaf entry
+   cannot be in the spill either, which is nearly always.
+
+   The spill is a hash table with open addressing, linear probing and Robin
+   Hood insertion, 16-byte slots stored inline (no allocation per trace)
+   with the distance of their key from its home slot (which Robin Hood
+   compares on every probe), split into shards by the pointer's hash so
+   that growing copies one shard at a time.  A shard grows by a quarter
+   when 80% full.  Small shards grow by several quarters at once, up to
+   twice their size: copying them over and over would cost more than the
+   memory saved.  A shard that empties to below 20% shrinks to 40%, so that
+   the memory of a burst of traces is given back once they are gone. */
+
+/* The invariants, which traces_check() verifies:
+
+   - A pointer has at most one trace: in its leaf entry, in the spill, or
+     (UINTPTR_MAX only) in the top slot.
+   - count is the number of non-zero leaf entries plus the spill's traces
+     (nspilled) plus has_top.
+   - A leaf entry is non-zero only for a trace that fits one
+     (entry_fits()), of a pointer aligned on a grain.
+   - spilled[i] is the number of spill traces whose window has counter i,
+     so that a zero there proves a pointer is not in the spill.
+   - In a shard, every key lies within dist slots after its home slot,
+     and no slot between its home and it is empty (linear probing), with
+     count at most max_count < capacity.
+   - A size of BIG_SIZE or more in the spill is kept in big, and only
+     then. */
+
+#define GRAIN_SHIFT (SIZEOF_VOID_P == 8 ? 4 : 3)   /* two pointers */
+#define WINDOW_BITS 5
+#define WINDOW_GRAINS (1 << WINDOW_BITS)
+#define WINDOW_SHIFT (GRAIN_SHIFT + WINDOW_BITS)
+#define MIN_WINDOWS_CAPACITY 64     /* a power of two */
+#define MAX_WINDOWS_LOAD_PERCENT 75
+#define ENTRY_SIZE_BITS 10
+#ifdef Py_DEBUG
+/* Low enough for the tests to spill traces for their traceback index */
+#  define ENTRY_MAX_TRACEBACK 1000
+#else
+#  define ENTRY_MAX_TRACEBACK ((UINT32_MAX >> ENTRY_SIZE_BITS) - 1)
+#endif
+#define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
+#define SPILLED_BITS 10             /* counters of spilled traces */
+
+#define SHARD_BITS 6
+#define NSHARDS (1 << SHARD_BITS)
+#define MIN_SHARD_CAPACITY 8
+#define MAX_LOAD_PERCENT 80
+#define MIN_LOAD_PERCENT 20         /* below it, a shard shrinks */
+#define SMALL_SHARD_CAPACITY 4096   /* below it, grow to about twice the size */
+#define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
+#define DIST_MAX 255                /* the distance is computed */
+
+typedef struct {
+    /* Per grain: the trace of the block that starts there, packed as
+       (traceback + 1) << ENTRY_SIZE_BITS | size, or 0. */
+    uint32_t entries[WINDOW_GRAINS];
+} leaf_t;
+
+typedef struct {
+    uintptr_t window;           /* window_of() a pointer; 0 if empty */
+    leaf_t *leaf;
+} window_slot_t;
+
+typedef struct {
+    uintptr_t key;              /* ~ptr; 0 if the slot is empty */
+    uint32_t size : 24;         /* size in bytes, or BIG_SIZE */
+    uint32_t dist : 8;          /* distance from the home slot, at most
+                                   DIST_MAX: Robin Hood compares them */
+    uint32_t traceback;         /* index in interned->by_index */
+} slot_t;
+
+typedef struct {
+    slot_t *slots;
+    uint32_t capacity;
+    uint32_t count;
+    uint32_t max_count;         /* grow before count exceeds it */
+} shard_t;
+
+struct tracemalloc_traces {
+    /* Non-zero if the owner map counts the traces of the table. */
+    int counted;
+    /* The leaf used last and its window (0 if none): the next block is
+       mostly in the same window. */
+    uintptr_t last_window;
+    leaf_t *last_leaf;
+    window_slot_t *windows;     /* NULL until the first leaf */
+    uint32_t windows_capacity;  /* a power of two, or 0 */
+    uint32_t nwindows;          /* empty leaves included */
+    size_t count;               /* traces, in the leaves and the spill */
+    size_t nspilled;            /* traces in the spill (top excluded) */
+    shard_t shards[NSHARDS];    /* the spill */
+    /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
+    _Py_hashtable_t *big;
+    /* Number of traces in the spill, by spilled_count() of their window */
+    uint32_t spilled[1 << SPILLED_BITS];
+    /* The trace of UINTPTR_MAX, which only the C API can track: its key in
+       the spill would be that of an empty slot. */
+    int has_top;
+    uint32_t top_traceback;
+    size_t top_size;
+};
+
+
+/* --- The spill: a sharded Robin Hood table --- */
+
+/* Where a pointer goes.  Pointers within the same window go to the same
+   shard, to slots 4 apart from a base chosen by hashing the window's
+   address, so that neighbouring blocks touch neighbouring cache lines. */
+static inline uint64_t
+hash_window(uintptr_t ptr)
+{
+    /* Fibonacci hashing: the high bits depend on every bit of the window */
+    return (uint64_t)(ptr >> WINDOW_SHIFT) * UINT64_C(0x9E3779B97F4A7C15);
+}
+
+static inline shard_t *
+shard_of(traces_t *traces, uintptr_t ptr)
+{
+    return &traces->shards[hash_window(ptr) >> (64 - SHARD_BITS)];
+}
+
+/* The slot where ptr would be with no collision. */
+static inline uint32_t
+home_slot(uintptr_t ptr, uint32_t capacity)
+{
+    /* the next 32 bits of the hash, scaled to the capacity */
+    uint64_t bits = (hash_window(ptr) >> (32 - SHARD_BITS)) & UINT32_MAX;
+    uint64_t home = ((bits * capacity) >> 32)
+                    + ((ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)) * 4;
+    return (uint32_t)(home < capacity ? home : home % capacity);
+}
+
+/* How far the key in slot i is from its home slot. */
+static uint32_t
+displacement(uintptr_t key, uint32_t i, uint32_t capacity)
+{
+    uint32_t home = home_slot(~key, capacity);
+    return i >= home ? i - home : i + capacity - home;
+}
+
+/* How far the key of a full slot i is from its home slot: stored unless
+   it is too far. */
+static inline uint32_t
+slot_dist(const slot_t *slot, uint32_t i, uint32_t capacity)
+{
+    if (slot->dist < DIST_MAX) {
+        return slot->dist;
+    }
+    return displacement(slot->key, i, capacity);
+}
+
+static inline void
+slot_set_dist(slot_t *slot, uint32_t dist)
+{
+    slot->dist = dist < DIST_MAX ? dist : DIST_MAX;
+}
+
+static slot_t *
+shard_find(shard_t *shard, uintptr_t ptr)
+{
+    if (shard->count == 0 || ptr == UINTPTR_MAX) {
+        return NULL;  /* its key would be 0, the empty slot: never stored */
+    }
+    uintptr_t key = ~ptr;
+    uint32_t capacity = shard->capacity;
+    uint32_t i = home_slot(ptr, capacity);
+    for (uint32_t dist = 0; ; dist++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == key) {
+            return slot;
+        }
+        /* Robin Hood: the key would have displaced a nearer one */
+        if (slot->key == 0 || slot_dist(slot, i, capacity) < dist) {
+            return NULL;
+        }
+        if (++i == capacity) {
+            i = 0;
+        }
+    }
+}
+
+/* Put entry, whose key is not in the shard, at slot i, at distance dist
+   from its home slot, where a lookup would stop: shift the nearer keys
+   that follow along (Robin Hood).  The shard has room for it. */
+static void
+shard_insert_at(shard_t *shard, slot_t entry, uint32_t i, uint32_t dist)
+{
+    uint32_t capacity = shard->capacity;
+    for (;; dist++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == 0) {
+            *slot = entry;
+            slot_set_dist(slot, dist);
+            shard->count++;
+            return;
+        }
+        uint32_t d = slot_dist(slot, i, capacity);
+        if (d < dist) {
+            slot_t nearer = *slot;
+            *slot = entry;
+            slot_set_dist(slot, dist);
+            entry = nearer;
+            dist = d;
+        }
+        if (++i == capacity) {
+            i = 0;
+        }
+    }
+}
+
+static void
+shard_insert(shard_t *shard, slot_t entry)
+{
+    shard_insert_at(shard, entry, home_slot(~entry.key, shard->capacity), 0);
+}
+
+static uint64_t
+next_capacity(uint64_t capacity)
+{
+    return Py_MAX(MIN_SHARD_CAPACITY, capacity + capacity / 4 + 1);
+}
+
+/* Move the keys of the shard to new slots, capacity of them (0: none). */
+static int
+shard_resize(shard_t *shard, uint64_t capacity)
+{
+    assert(capacity * MAX_LOAD_PERCENT / 100 >= shard->count);
+    if (capacity > UINT32_MAX) {
+        return -1;
+    }
+    slot_t *slots = NULL;
+    if (capacity != 0) {
+        slots = raw_calloc((size_t)capacity, sizeof(slot_t));
+        if (slots == NULL) {
+            return -1;
+        }
+    }
+    shard_t resized = {slots, (uint32_t)capacity, 0,
+                       (uint32_t)(capacity * MAX_LOAD_PERCENT / 100)};
+    for (uint32_t i = 0; i < shard->capacity; i++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key != 0) {
+            shard_insert(&resized, *slot);
+        }
+    }
+    raw_free(shard->slots);
+    *shard = resized;
+    return 0;
+}
+
+static int
+shard_grow(shard_t *shard)
+{
+    uint64_t capacity = next_capacity(shard->capacity);
+    while (capacity < SMALL_SHARD_CAPACITY
+           && capacity < 2 * (uint64_t)shard->capacity)
+    {
+        capacity = next_capacity(capacity);
+    }
+    return shard_resize(shard, capacity);
+}
+
+/* After a removal: give back the memory of a shard that has emptied to
+   below MIN_LOAD_PERCENT, down to a load half the maximum. */
+static inline void
+shard_maybe_shrink(shard_t *shard)
+{
+    if (shard->capacity <= MIN_SHARD_CAPACITY
+        || ((uint64_t)shard->count * 100
+            >= (uint64_t)shard->capacity * MIN_LOAD_PERCENT))
+    {
+        return;
+    }
+    uint64_t capacity = Py_MAX(MIN_SHARD_CAPACITY,
+                               (uint64_t)shard->count * 200
+                               / MAX_LOAD_PERCENT);
+    if (capacity < shard->capacity) {
+        (void)shard_resize(shard, capacity);  /* or stay as it is */
+    }
+}
+
+/* Remove the slot's key, shifting the keys displaced after it back. */
+static void
+shard_remove(shard_t *shard, slot_t *slot)
+{
+    uint32_t capacity = shard->capacity;
+    uint32_t i = (uint32_t)(slot - shard->slots);
+    for (;;) {
+        uint32_t j = (i + 1 == capacity) ? 0 : i + 1;
+        slot_t *next = &shard->slots[j];
+        if (next->key == 0 || next->dist == 0) {
+            break;
+        }
+        uint32_t dist = slot_dist(next, j, capacity);
+        shard->slots[i] = *next;
+        slot_set_dist(&shard->slots[i], dist - 1);
+        i = j;
+    }
+    shard->slots[i].key = 0;
+    shard->count--;
+}
+
+static size_t
+slot_size(traces_t *traces, const slot_t *slot)
+{
+    if (slot->size != BIG_SIZE) {
+        return slot->size;
+    }
+    return (size_t)_Py_hashtable_get(traces->big, TO_PTR(~slot->key));
+}
+
+/* Store the size of a slot, in the big table if it does not fit.  On
+   memory error, return -1 and leave the slot as it was. */
+static int
+slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
+{
+    if (size < BIG_SIZE) {
+        if (slot->size == BIG_SIZE) {
+            _Py_hashtable_steal(traces->big, TO_PTR(ptr));
+        }
+        slot->size = (uint32_t)size;
+        return 0;
+    }
+    if (slot->size == BIG_SIZE) {
+        _Py_hashtable_get_entry(traces->big, TO_PTR(ptr))->value =
+            (void *)(uintptr_t)size;
+        return 0;
+    }
+    if (traces->big == NULL) {
+        traces->big = hashtable_new(_Py_hashtable_hash_ptr,
+                                    _Py_hashtable_compare_direct,
+                                    NULL, NULL);
+        if (traces->big == NULL) {
+            return -1;
+        }
+    }
+    if (_Py_hashtable_set(traces->big, TO_PTR(ptr),
+                          (void *)(uintptr_t)size) < 0)
+    {
+        return -1;
+    }
+    slot->size = BIG_SIZE;
+    return 0;
+}
+
+/* The count of the spilled traces of ptr's window, and of the windows
+   that share its hash. */
+static inline uint32_t *
+spilled_count(traces_t *traces, uintptr_t ptr)
+{
+    return &traces->spilled[hash_window(ptr) >> (64 - SPILLED_BITS)];
+}
+
+static slot_t *
+spill_find(traces_t *traces, uintptr_t ptr)
+{
+    return shard_find(shard_of(traces, ptr), ptr);
+}
+
+/* Set the trace of ptr in the spill.  Return 1 if it replaced one, storing
+   the old size in *old_size, 0 if it is new, -1 on memory error. */
+static int
+spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+          size_t *old_size)
+{
+    if (ptr == UINTPTR_MAX) {
+        int had = traces->has_top;
+        if (had) {
+            *old_size = traces->top_size;
+        }
+        else {
+            traces->has_top = 1;
+            traces->count++;
+        }
+        traces->top_size = size;
+        traces->top_traceback = traceback;
+        return had;
+    }
+    shard_t *shard = shard_of(traces, ptr);
+    if (shard->count >= shard->max_count) {
+        if (shard_grow(shard) < 0) {
+            return -1;
+        }
+    }
+    /* One pass: find the key, or where it goes */
+    uintptr_t key = ~ptr;
+    uint32_t capacity = shard->capacity;
+    uint32_t i = home_slot(ptr, capacity);
+    uint32_t dist = 0;
+    for (;; dist++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == key) {
+            *old_size = slot_size(traces, slot);
+            if (slot_set_size(traces, slot, ptr, size) < 0) {
+                return -1;
+            }
+            slot->traceback = traceback;
+            return 1;
+        }
+        if (slot->key == 0 || slot_dist(slot, i, capacity) < dist) {
+            break;
+        }
+        if (++i == capacity) {
+            i = 0;
+        }
+    }
+    slot_t entry = {.key = key, .traceback = traceback};
+    if (slot_set_size(traces, &entry, ptr, size) < 0) {
+        return -1;
+    }
+    shard_insert_at(shard, entry, i, dist);
+    (*spilled_count(traces, ptr))++;
+    traces->nspilled++;
+    traces->count++;
+    return 0;
+}
+
+/* Remove the trace of ptr from the spill.  Return 1 if there was one,
+   storing its size in *size and, if traceback is not NULL, its traceback
+   in *traceback; else return 0. */
+static int
+spill_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
+{
+    if (ptr == UINTPTR_MAX) {
+        if (!traces->has_top) {
+            return 0;
+        }
+        *size = traces->top_size;
+        if (traceback != NULL) {
+            *traceback = traces->top_traceback;
+        }
+        traces->has_top = 0;
+        traces->count--;
+        return 1;
+    }
+    shard_t *shard = shard_of(traces, ptr);
+    slot_t *slot = shard_find(shard, ptr);
+    if (slot == NULL) {
+        return 0;
+    }
+    *size = slot_size(traces, slot);
+    if (traceback != NULL) {
+        *traceback = slot->traceback;
+    }
+    if (slot->size == BIG_SIZE) {
+        _Py_hashtable_steal(traces->big, TO_PTR(ptr));
+    }
+    shard_remove(shard, slot);
+    (*spilled_count(traces, ptr))--;
+    traces->nspilled--;
+    traces->count--;
+    shard_maybe_shrink(shard);
+    return 1;
+}
+
+
+/* --- Leaves --- */
+
+static inline int
+has_leaf_entry(uintptr_t ptr)
+{
+    return (ptr & ((1 << GRAIN_SHIFT) - 1)) == 0;
+}
+
+/* The key of ptr's window: never 0. */
+static inline uintptr_t
+window_of(uintptr_t ptr)
+{
+    return (ptr >> WINDOW_SHIFT) + 1;
+}
+
+static inline uint32_t *
+leaf_entry(leaf_t *leaf, uintptr_t ptr)
+{
+    return &leaf->entries[(ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)];
+}
+
+static inline int
+entry_fits(size_t size, uint32_t traceback)
+{
+    Py_BUILD_ASSERT(LEAF_MAX_SIZE < (1 << ENTRY_SIZE_BITS));
+    return size <= LEAF_MAX_SIZE && traceback <= ENTRY_MAX_TRACEBACK;
+}
+
+static inline uint32_t
+entry_pack(size_t size, uint32_t traceback)
+{
+    return ((traceback + 1) << ENTRY_SIZE_BITS) | (uint32_t)size;
+}
+
+static inline size_t
+entry_size(uint32_t entry)
+{
+    return entry & ((1 << ENTRY_SIZE_BITS) - 1);
+}
+
+static inline uint32_t
+entry_traceback(uint32_t entry)
+{
+    return (entry >> ENTRY_SIZE_BITS) - 1;
+}
+
+static inline uint32_t
+window_home(uintptr_t window, uint32_t capacity)
+{
+    return (uint32_t)(((uint64_t)window * UINT64_C(0x9E3779B97F4A7C15)) >> 32)
+           & (capacity - 1);
+}
+
+/* The leaf of a window, or NULL; it becomes the last one used. */
+static leaf_t *
+find_leaf(traces_t *traces, uintptr_t window)
+{
+    uint32_t capacity = traces->windows_capacity;
+    if (capacity == 0) {
+        return NULL;
+    }
+    for (uint32_t i = window_home(window, capacity); ;
+         i = (i + 1) & (capacity - 1))
+    {
+        window_slot_t *slot = &traces->windows[i];
+        if (slot->window == window) {
+            traces->last_window = window;
+            traces->last_leaf = slot->leaf;
+            return slot->leaf;
+        }
+        if (slot->window == 0) {
+            return NULL;
+        }
+    }
+}
+
+static void
+windows_put(window_slot_t *windows, uint32_t capacity, window_slot_t slot)
+{
+    uint32_t i = window_home(slot.window, capacity);
+    while (windows[i].window != 0) {
+        i = (i + 1) & (capacity - 1);
+    }
+    windows[i] = slot;
+}
+
+static int
+leaf_is_empty(const leaf_t *leaf)
+{
+    for (int i = 0; i < WINDOW_GRAINS; i++) {
+        if (leaf->entries[i] != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Make room for one more window: rebuild the window table, without the
+   leaves that emptied, at most half full. */
+static int
+windows_rebuild(traces_t *traces)
+{
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        live += (slot->window != 0 && !leaf_is_empty(slot->leaf));
+    }
+    uint64_t capacity = MIN_WINDOWS_CAPACITY;
+    while (capacity < 2 * ((uint64_t)live + 1)) {
+        capacity *= 2;
+    }
+    if (capacity > UINT32_MAX) {
+        return -1;
+    }
+    window_slot_t *windows = raw_calloc((size_t)capacity,
+                                         sizeof(window_slot_t));
+    if (windows == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t slot = traces->windows[i];
+        if (slot.window == 0) {
+            continue;
+        }
+        if (leaf_is_empty(slot.leaf)) {
+            raw_free(slot.leaf);
+        }
+        else {
+            windows_put(windows, (uint32_t)capacity, slot);
+        }
+    }
+    raw_free(traces->windows);
+    traces->windows = windows;
+    traces->windows_capacity = (uint32_t)capacity;
+    traces->nwindows = live;
+    traces->last_window = 0;
+    traces->last_leaf = NULL;
+    return 0;
+}
+
+/* Add an empty leaf for a window that has none: it becomes the last one
+   used.  Return NULL on memory error. */
+static leaf_t *
+add_leaf(traces_t *traces, uintptr_t window)
+{
+    if ((uint64_t)(traces->nwindows + 1) * 100
+        > (uint64_t)traces->windows_capacity * MAX_WINDOWS_LOAD_PERCENT)
+    {
+        if (windows_rebuild(traces) < 0) {
+            return NULL;
+        }
+    }
+    leaf_t *leaf = raw_calloc(1, sizeof(leaf_t));
+    if (leaf == NULL) {
+        return NULL;
+    }
+    windows_put(traces->windows, traces->windows_capacity,
+                (window_slot_t){window, leaf});
+    traces->nwindows++;
+    traces->last_window = window;
+    traces->last_leaf = leaf;
+    return leaf;
+}
+
+/* The leaf of ptr's window, or NULL. */
+static inline leaf_t *
+leaf_of(traces_t *traces, uintptr_t ptr)
+{
+    uintptr_t window = window_of(ptr);
+    if (window == traces->last_window) {
+        return traces->last_leaf;
+    }
+    return find_leaf(traces, window);
+}
+
+/* The leaf of ptr's window, added if there is none; NULL on memory
+   error. */
+static inline leaf_t *
+leaf_for(traces_t *traces, uintptr_t ptr)
+{
+    leaf_t *leaf = leaf_of(traces, ptr);
+    return leaf != NULL ? leaf : add_leaf(traces, window_of(ptr));
+}
+
+/* ptr's entry in its leaf, or NULL if it has none (its window has no
+   leaf, or ptr is not aligned on a grain). */
+static inline uint32_t *
+find_entry(traces_t *traces, uintptr_t ptr)
+{
+    if (!has_leaf_entry(ptr)) {
+        return NULL;
+    }
+    leaf_t *leaf = leaf_of(traces, ptr);
+    return leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+}
+
+/* Can ptr, whose leaf entry (if any) is 0, have a trace in the spill? */
+static inline int
+may_be_spilled(traces_t *traces, uintptr_t ptr)
+{
+    return !has_leaf_entry(ptr) || *spilled_count(traces, ptr) != 0;
+}
+
+
+/* --- A table: the leaves and the spill --- */
+
+static traces_t *
+traces_new(void)
+{
+    return raw_calloc(1, sizeof(traces_t));
+}
+
+static void
+traces_destroy(traces_t *traces)
+{
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        if (traces->windows[i].window != 0) {
+            raw_free(traces->windows[i].leaf);
+        }
+    }
+    raw_free(traces->windows);
+    for (int i = 0; i < NSHARDS; i++) {
+        raw_free(traces->shards[i].slots);
+    }
+    if (traces->big != NULL) {
+        _Py_hashtable_destroy(traces->big);
+    }
+    raw_free(traces);
+}
+
+static size_t
+traces_memory(traces_t *traces)
+{
+    size_t size = sizeof(traces_t);
+    size += (size_t)traces->windows_capacity * sizeof(window_slot_t);
+    size += (size_t)traces->nwindows * sizeof(leaf_t);
+    for (int i = 0; i < NSHARDS; i++) {
+        size += (size_t)traces->shards[i].capacity * sizeof(slot_t);
+    }
+    if (traces->big != NULL) {
+        size += _Py_hashtable_size(traces->big);
+    }
+    return size;
+}
+
+/* Find the trace of ptr: return 1 and store its size and traceback, or
+   return 0. */
+static int
+traces_get(traces_t *traces, uintptr_t ptr, size_t *size,
+           uint32_t *traceback)
+{
+    uint32_t *entry = find_entry(traces, ptr);
+    if (entry != NULL && *entry != 0) {
+        *size = entry_size(*entry);
+        *traceback = entry_traceback(*entry);
+        return 1;
+    }
+    if (ptr == UINTPTR_MAX) {
+        *size = traces->top_size;
+        *traceback = traces->top_traceback;
+        return traces->has_top;
+    }
+    slot_t *slot = may_be_spilled(traces, ptr) ? spill_find(traces, ptr)
+                                               : NULL;
+    if (slot == NULL) {
+        return 0;
+    }
+    *size = slot_size(traces, slot);
+    *traceback = slot->traceback;
+    return 1;
+}
+
+/* Set the trace of ptr, which does not fit a leaf entry, in the spill. */
+static int
+traces_spill(traces_t *traces, uintptr_t ptr, size_t size,
+             uint32_t traceback, size_t *old_size)
+{
+    uint32_t *entry = find_entry(traces, ptr);
+    if (entry == NULL || *entry == 0) {
+        return spill_set(traces, ptr, size, traceback, old_size);
+    }
+    /* the trace moves from the leaf to the spill */
+    int res = spill_set(traces, ptr, size, traceback, old_size);
+    if (res < 0) {
+        return -1;
+    }
+    assert(res == 0);
+    *old_size = entry_size(*entry);
+    *entry = 0;
+    traces->count--;
+    return 1;
+}
+
+/* Set the trace of ptr.  Return 1 if it replaced one, storing the old size
+   in *old_size, 0 if it is new, -1 on memory error (the table is then
+   unchanged). */
+static inline Py_ALWAYS_INLINE int
+traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
+           size_t *old_size)
+{
+    if (!has_leaf_entry(ptr) || !entry_fits(size, traceback)) {
+        return traces_spill(traces, ptr, size, traceback, old_size);
+    }
+    leaf_t *leaf = leaf_for(traces, ptr);
+    if (leaf == NULL) {
+        return -1;
+    }
+    uint32_t *entry = leaf_entry(leaf, ptr);
+    uint32_t old = *entry;
+    *entry = entry_pack(size, traceback);
+    if (old != 0) {
+        *old_size = entry_size(old);
+        return 1;
+    }
+    traces->count++;
+    if (may_be_spilled(traces, ptr)
+        && spill_pop(traces, ptr, old_size, NULL))
+    {
+        return 1;  /* the trace moved from the spill to the leaf */
+    }
+    return 0;
+}
+
+/* Start loading what traces_set() will need for a block: the window table
+   slot of its leaf, if it is not the last one used, or its spill slot.
+   The cache miss can then overlap the capture of the traceback. */
+static inline void
+traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    if (!has_leaf_entry(ptr) || size > LEAF_MAX_SIZE) {
+        shard_t *shard = shard_of(traces, ptr);
+        if (shard->capacity != 0) {
+            __builtin_prefetch(&shard->slots[home_slot(ptr,
+                                                       shard->capacity)], 1);
+        }
+        return;
+    }
+    uintptr_t window = window_of(ptr);
+    if (window != traces->last_window && traces->windows_capacity != 0) {
+        __builtin_prefetch(
+            &traces->windows[window_home(window, traces->windows_capacity)]);
+    }
+#endif
+}
+
+/* Remove the trace of ptr.  Return 1 if there was one, storing its size in
+   *size and, if traceback is not NULL, its traceback in *traceback; else
+   return 0. */
+static inline Py_ALWAYS_INLINE int
+traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
+{
+    uint32_t *entry = find_entry(traces, ptr);
+    if (entry != NULL && *entry != 0) {
+        *size = entry_size(*entry);
+        if (traceback != NULL) {
+            *traceback = entry_traceback(*entry);
+        }
+        *entry = 0;
+        traces->count--;
+        size_t in_leaves = traces->count - traces->nspilled - traces->has_top;
+        if (traces->nwindows > 2 * in_leaves + MIN_WINDOWS_CAPACITY) {
+            /* Most leaves are empty: a burst of blocks was freed. */
+            (void)windows_rebuild(traces);  /* or stay as it is */
+        }
+        return 1;
+    }
+    return (may_be_spilled(traces, ptr)
+            && spill_pop(traces, ptr, size, traceback));
+}
+
+
+/* Call visit(arg, ptr, size, traceback) for each trace: leaf by leaf, the
+   traces of a leaf in address order, then those of the spill.  Inlined,
+   so that a constant visitor is too: a snapshot copies millions. */
+typedef void (*traces_visitor_t)(void *arg, uintptr_t ptr, size_t size,
+                                 uint32_t traceback);
+
+static inline Py_ALWAYS_INLINE void
+traces_foreach(traces_t *traces, traces_visitor_t visit, void *arg)
+{
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        if (slot->window == 0) {
+            continue;
+        }
+        uintptr_t base = (slot->window - 1) << WINDOW_SHIFT;
+        for (int j = 0; j < WINDOW_GRAINS; j++) {
+            uint32_t entry = slot->leaf->entries[j];
+            if (entry != 0) {
+                visit(arg, base + ((uintptr_t)j << GRAIN_SHIFT),
+                      entry_size(entry), entry_traceback(entry));
+            }
+        }
+    }
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *shard = &traces->shards[i];
+        for (uint32_t j = 0; j < shard->capacity; j++) {
+            slot_t *slot = &shard->slots[j];
+            if (slot->key != 0) {
+                visit(arg, ~slot->key, slot_size(traces, slot),
+                      slot->traceback);
+            }
+        }
+    }
+    if (traces->has_top) {
+        visit(arg, UINTPTR_MAX, traces->top_size, traces->top_traceback);
+    }
+}
+
+/* Check the invariants of the table (see the top of this file).  Return 0
+   if they hold, else -1 with *what saying which one does not.  Walks the
+   whole table: for the tests. */
+static int
+shard_check(traces_t *traces, shard_t *shard, size_t *count,
+            uint32_t *spilled, const char **what)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < shard->capacity; i++) {
+        slot_t *slot = &shard->slots[i];
+        if (slot->key == 0) {
+            continue;
+        }
+        uintptr_t ptr = ~slot->key;
+        n++;
+        if (shard_of(traces, ptr) != shard) {
+            *what = "a spilled trace is in the wrong shard";
+            return -1;
+        }
+        uint32_t dist = displacement(slot->key, i, shard->capacity);
+        if (slot->dist != (dist < DIST_MAX ? dist : DIST_MAX)) {
+            *what = "a spill slot has the wrong distance";
+            return -1;
+        }
+        for (uint32_t d = 1; d <= dist; d++) {
+            uint32_t j = (i + shard->capacity - d) % shard->capacity;
+            if (shard->slots[j].key == 0) {
+                *what = "an empty slot lies between a key and its home";
+                return -1;
+            }
+        }
+        if ((slot->size == BIG_SIZE)
+            != (traces->big != NULL
+                && _Py_hashtable_get_entry(traces->big, TO_PTR(ptr)) != NULL))
+        {
+            *what = "a big size is not in the big table, or the reverse";
+            return -1;
+        }
+        uint32_t *entry = find_entry(traces, ptr);
+        if (entry != NULL && *entry != 0) {
+            *what = "a pointer has a trace in its leaf and in the spill";
+            return -1;
+        }
+        spilled[hash_window(ptr) >> (64 - SPILLED_BITS)]++;
+    }
+    if (n != shard->count || n > shard->max_count
+        || (shard->capacity != 0 && shard->max_count >= shard->capacity))
+    {
+        *what = "a shard's count is wrong, or over its load";
+        return -1;
+    }
+    *count += n;
+    return 0;
+}
+
+static int
+traces_check(traces_t *traces, const char **what)
+{
+    size_t count = traces->has_top;
+    uint32_t nwindows = 0;
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        window_slot_t *slot = &traces->windows[i];
+        if (slot->window == 0) {
+            continue;
+        }
+        nwindows++;
+        if (find_leaf(traces, slot->window) != slot->leaf) {
+            *what = "a leaf cannot be found from its window";
+            return -1;
+        }
+        for (int j = 0; j < WINDOW_GRAINS; j++) {
+            uint32_t entry = slot->leaf->entries[j];
+            if (entry != 0 && !entry_fits(entry_size(entry),
+                                          entry_traceback(entry)))
+            {
+                *what = "a leaf entry holds a trace that does not fit";
+                return -1;
+            }
+            count += (entry != 0);
+        }
+    }
+    if (nwindows != traces->nwindows) {
+        *what = "nwindows is not the number of leaves";
+        return -1;
+    }
+    uint32_t *spilled = raw_calloc(1 << SPILLED_BITS, sizeof(uint32_t));
+    if (spilled == NULL) {
+        *what = "no memory to check the table";
+        return -1;
+    }
+    int res = 0;
+    size_t nspilled = 0;
+    for (int i = 0; i < NSHARDS && res == 0; i++) {
+        res = shard_check(traces, &traces->shards[i], &nspilled, spilled,
+                          what);
+    }
+    count += nspilled;
+    if (res == 0 && memcmp(spilled, traces->spilled,
+                           sizeof(traces->spilled)) != 0)
+    {
+        *what = "the counts of spilled traces by window are wrong";
+        res = -1;
+    }
+    raw_free(spilled);
+    if (res == 0 && nspilled != traces->nspilled) {
+        *what = "nspilled is not the number of traces in the spill";
+        res = -1;
+    }
+    if (res == 0 && count != traces->count) {
+        *what = "count is not the number of traces";
+        res = -1;
+    }
+    return res;
+}
