@@ -2406,13 +2406,23 @@ typedef struct {
 
 
 /* Objects shared by the tuples of a snapshot: one tuple of frames per
-   traceback, and the int of the most frequent sizes. */
-#define SIZE_CACHE 1024     /* a power of two */
+   traceback, and one (domain, size, traceback, total_nframe) tuple per
+   recent (domain, size, traceback).  The blocks allocated at one place
+   mostly have a few sizes, so that a snapshot of a million traces holds
+   far fewer tuples than traces: the tuples are immutable, and the trace
+   they describe is all that is compared. */
+#define TRACE_CACHE 4096    /* a power of two */
+
+typedef struct {
+    const traceback_t *traceback;   /* NULL if the entry is empty */
+    size_t size;
+    unsigned int domain;
+    PyObject *tuple;
+} trace_entry_t;
 
 typedef struct {
     PyObject **tracebacks;      /* by traceback index */
-    size_t sizes[SIZE_CACHE];
-    PyObject *size_objs[SIZE_CACHE];
+    trace_entry_t traces[TRACE_CACHE];
 } converter_t;
 
 static PyObject *
@@ -2425,21 +2435,6 @@ convert_traceback(converter_t *conv, traceback_t *traceback)
     return Py_XNewRef(*cached);
 }
 
-static PyObject *
-convert_size(converter_t *conv, size_t size)
-{
-    size_t i = (size ^ (size >> 10)) & (SIZE_CACHE - 1);
-    if (conv->size_objs[i] == NULL || conv->sizes[i] != size) {
-        PyObject *obj = PyLong_FromSize_t(size);
-        if (obj == NULL) {
-            return NULL;
-        }
-        Py_XSETREF(conv->size_objs[i], obj);
-        conv->sizes[i] = size;
-    }
-    return Py_NewRef(conv->size_objs[i]);
-}
-
 static PyObject*
 trace_to_pyobject(converter_t *conv, const snapshot_trace_t *trace)
 {
@@ -2449,7 +2444,7 @@ trace_to_pyobject(converter_t *conv, const snapshot_trace_t *trace)
     }
     PyObject *items[4] = {
         PyLong_FromUnsignedLong(trace->domain),
-        convert_size(conv, trace->size),
+        PyLong_FromSize_t(trace->size),
         convert_traceback(conv, trace->traceback),
         PyLong_FromUnsignedLong(trace->traceback->total_nframe),
     };
@@ -2468,6 +2463,32 @@ trace_to_pyobject(converter_t *conv, const snapshot_trace_t *trace)
     /* Ints and frames cannot make a cycle: keep a million of these tuples
        out of the garbage collector's way. */
     PyObject_GC_UnTrack(tuple);
+    return tuple;
+}
+
+/* The tuple of a trace, shared with the traces of the same domain, size
+   and traceback converted just before. */
+static PyObject *
+convert_trace(converter_t *conv, const snapshot_trace_t *trace)
+{
+    uint64_t hash = ((uint64_t)trace->traceback->index << 32 ^ trace->size
+                     ^ (uint64_t)trace->domain << 48)
+                    * UINT64_C(0x9E3779B97F4A7C15);
+    trace_entry_t *entry = &conv->traces[hash >> 52];
+    Py_BUILD_ASSERT(TRACE_CACHE == 1 << 12);
+    if (entry->traceback == trace->traceback && entry->size == trace->size
+        && entry->domain == trace->domain)
+    {
+        return Py_NewRef(entry->tuple);
+    }
+    PyObject *tuple = trace_to_pyobject(conv, trace);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(entry->tuple, Py_NewRef(tuple));
+    entry->traceback = trace->traceback;
+    entry->size = trace->size;
+    entry->domain = trace->domain;
     return tuple;
 }
 
@@ -2495,7 +2516,7 @@ snapshot_to_list(snapshot_t *snapshot)
        that the million allocations below trigger. */
     PyObject_GC_UnTrack(list);
     for (size_t i = 0; i < snapshot->count; i++) {
-        PyObject *tuple = trace_to_pyobject(conv, &snapshot->traces[i]);
+        PyObject *tuple = convert_trace(conv, &snapshot->traces[i]);
         if (tuple == NULL) {
             Py_CLEAR(list);  /* items not set yet are NULL */
             break;
@@ -2513,8 +2534,8 @@ done:
         }
         PyMem_RawFree(conv->tracebacks);
     }
-    for (int i = 0; i < SIZE_CACHE; i++) {
-        Py_XDECREF(conv->size_objs[i]);
+    for (int i = 0; i < TRACE_CACHE; i++) {
+        Py_XDECREF(conv->traces[i].tuple);
     }
     PyMem_RawFree(conv);
     return list;
