@@ -25,7 +25,14 @@
    empty (a burst of blocks was freed), which drops the empty leaves and
    may shrink the table.  A leaf takes 128 bytes: 12 to 15
    bytes per block where small objects lie densely, against 20 to 25 bytes
-   per trace in the spill below.
+   per trace in the spill below.  Where traced blocks lie far apart (new
+   blocks in the holes of an older heap, survivors of a burst), a leaf
+   holds one or two traces and costs 150 bytes a trace: a rebuild of a
+   table of DEMOTE_MIN_WINDOWS leaves or more moves the traces of the
+   leaves holding fewer than LEAF_MIN_TRACES to the spill.  Smaller
+   tables keep their sparse leaves: their memory is small, and the
+   traces of a workload that allocates and frees in a few windows would
+   go back and forth.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
@@ -40,10 +47,12 @@
    with the distance of their key from its home slot (which Robin Hood
    compares on every probe), split into shards by the pointer's hash so
    that growing copies one shard at a time.  A shard grows by a quarter
-   when 80% full.  Small shards grow by several quarters at once, up to
-   twice their size: copying them over and over would cost more than the
-   memory saved.  A shard that empties to below 20% shrinks to 40%, so that
-   the memory of a burst of traces is given back once they are gone. */
+   when 80% full, so that it stays at least 64% full.  Shards of fewer
+   than SMALL_SHARD_CAPACITY slots grow by several quarters at once, up
+   to twice their size: copying them over and over would cost more than
+   the memory saved.  A shard that empties to below 40% shrinks to 60%, so
+   that the memory of a burst of traces is given back once they are
+   gone. */
 
 /* The invariants, which traces_check() verifies:
 
@@ -75,14 +84,17 @@
 #  define ENTRY_MAX_TRACEBACK ((UINT32_MAX >> ENTRY_SIZE_BITS) - 1)
 #endif
 #define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
+#define LEAF_MIN_TRACES 4           /* fewer, and a rebuild spills them */
+#define DEMOTE_MIN_WINDOWS 1024     /* in a table of at least this many leaves */
 #define SPILLED_BITS 10             /* counters of spilled traces */
 
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
 #define MAX_LOAD_PERCENT 80
-#define MIN_LOAD_PERCENT 20         /* below it, a shard shrinks */
-#define SMALL_SHARD_CAPACITY 4096   /* below it, grow to about twice the size */
+#define MIN_LOAD_PERCENT 40         /* below it, a shard shrinks */
+#define SHRUNK_LOAD_PERCENT 60      /* to this */
+#define SMALL_SHARD_CAPACITY 256    /* below it, grow to about twice the size */
 #define BIG_SIZE ((1 << 24) - 1)   /* the size is in traces->big */
 #define DIST_MAX 255                /* the distance is computed */
 
@@ -297,7 +309,7 @@ shard_grow(shard_t *shard)
 }
 
 /* After a removal: give back the memory of a shard that has emptied to
-   below MIN_LOAD_PERCENT, down to a load half the maximum. */
+   below MIN_LOAD_PERCENT, down to SHRUNK_LOAD_PERCENT. */
 static inline void
 shard_maybe_shrink(shard_t *shard)
 {
@@ -308,8 +320,8 @@ shard_maybe_shrink(shard_t *shard)
         return;
     }
     uint64_t capacity = Py_MAX(MIN_SHARD_CAPACITY,
-                               (uint64_t)shard->count * 200
-                               / MAX_LOAD_PERCENT);
+                               (uint64_t)shard->count * 100
+                               / SHRUNK_LOAD_PERCENT);
     if (capacity < shard->capacity) {
         (void)shard_resize(shard, capacity);  /* or stay as it is */
     }
@@ -587,15 +599,58 @@ leaf_is_empty(const leaf_t *leaf)
     return 1;
 }
 
-/* Make room for one more window: rebuild the window table, without the
-   leaves that emptied, at most half full. */
+static int
+leaf_count(const leaf_t *leaf)
+{
+    int n = 0;
+    for (int i = 0; i < WINDOW_GRAINS; i++) {
+        n += (leaf->entries[i] != 0);
+    }
+    return n;
+}
+
+/* Move the traces of a leaf to the spill.  Return 0 if the leaf is empty
+   now, -1 if memory ran out first (the traces not moved stay). */
+static int
+leaf_demote(traces_t *traces, uintptr_t window, leaf_t *leaf)
+{
+    uintptr_t base = (window - 1) << WINDOW_SHIFT;
+    for (int i = 0; i < WINDOW_GRAINS; i++) {
+        uint32_t entry = leaf->entries[i];
+        if (entry == 0) {
+            continue;
+        }
+        size_t old_size;
+        if (spill_set(traces, base + ((uintptr_t)i << GRAIN_SHIFT),
+                      entry_size(entry), entry_traceback(entry),
+                      &old_size) < 0)
+        {
+            return -1;
+        }
+        leaf->entries[i] = 0;
+        traces->count--;
+    }
+    return 0;
+}
+
+/* Make room for one more window: rebuild the window table, at most half
+   full, without the leaves that emptied, and without the sparse ones,
+   whose traces go to the spill. */
 static int
 windows_rebuild(traces_t *traces)
 {
     uint32_t live = 0;
+    int demote = (traces->nwindows >= DEMOTE_MIN_WINDOWS);
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         window_slot_t *slot = &traces->windows[i];
-        live += (slot->window != 0 && !leaf_is_empty(slot->leaf));
+        if (slot->window == 0) {
+            continue;
+        }
+        int n = leaf_count(slot->leaf);
+        if (demote && n != 0 && n < LEAF_MIN_TRACES) {
+            n = (leaf_demote(traces, slot->window, slot->leaf) < 0);
+        }
+        live += (n != 0);
     }
     uint64_t capacity = MIN_WINDOWS_CAPACITY;
     while (capacity < 2 * ((uint64_t)live + 1)) {

@@ -3,11 +3,14 @@
 - A session starts small, whatever its traceback limit: its caches and
   buffers grow with what it captures.
 - The tables give their memory back once a burst of traces is gone.
+- Traces of blocks far apart cost little more than those side by side.
+- A snapshot's traces alike share their tuple.
 - The traces table keeps its invariants (a C test of
   Python/tracemalloc_table.h through _testinternalcapi, which test_capi
   runs too; here so that the sanitizer runs have it).
 """
 
+import sys
 import tracemalloc
 import unittest
 from test.support import import_helper
@@ -106,6 +109,41 @@ class TestTablesShrink(MemoryTestCase):
             untrack(domain, ptr)
         self.assertLess(tracemalloc.get_tracemalloc_memory(),
                         2 * before + 256 * KiB)
+
+
+class TestSparseTraces(MemoryTestCase):
+
+    def test_blocks_in_the_holes_of_a_heap(self):
+        # New blocks fill the holes left by freeing 1% of an untraced
+        # heap: one traced block per window of address space.  A leaf per
+        # block took 150 bytes per trace; the spill takes about 24.
+        heap = [object() for _ in range(2_000_000)]
+        for i in range(0, len(heap), 100):
+            heap[i] = None
+        tracemalloc.start()
+        before = tracemalloc.get_tracemalloc_memory()
+        count = 20_000
+        blocks = [object() for _ in range(count)]
+        per_trace = (tracemalloc.get_tracemalloc_memory() - before) / count
+        self.assertLess(per_trace, 48)
+        del blocks, heap
+
+
+class TestSnapshotMemory(MemoryTestCase):
+
+    def test_traces_of_one_place_share_their_tuple(self):
+        # The (domain, size, traceback, total_nframe) tuples of traces
+        # alike are one object: a snapshot of a million small objects
+        # allocated at one line holds a few tuples, not a million.
+        tracemalloc.start()
+        blocks = [object() for _ in range(10_000)]
+        traceback = tracemalloc.get_object_traceback(blocks[0])
+        size = sys.getsizeof(blocks[0])
+        alike = [trace for trace in tracemalloc._get_traces()
+                 if trace[1] >= size and trace[2] == traceback._frames]
+        self.assertGreaterEqual(len(alike), 10_000)
+        self.assertLess(len({id(trace) for trace in alike}), 10)
+        del blocks
 
 
 class TestTracesTable(unittest.TestCase):
