@@ -1826,6 +1826,8 @@ leftovers_take(leftovers_t *left, tables_t *tables)
     left->count = count;
     left->traces = tables->traces;
     left->domains = tables->domains;
+    /* The survivors of a finalization lie far apart */
+    traces_compact(left->traces);
     tables->traces = NULL;
     tables->domains = NULL;
     return 0;

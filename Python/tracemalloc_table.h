@@ -633,14 +633,14 @@ leaf_demote(traces_t *traces, uintptr_t window, leaf_t *leaf)
     return 0;
 }
 
-/* Make room for one more window: rebuild the window table, at most half
-   full, without the leaves that emptied, and without the sparse ones,
-   whose traces go to the spill. */
+/* Rebuild the window table, at most half full, without the leaves that
+   emptied, and, in a large table or if demote is non-zero, without the
+   sparse ones, whose traces go to the spill. */
 static int
-windows_rebuild(traces_t *traces)
+windows_rebuild_ex(traces_t *traces, int demote)
 {
     uint32_t live = 0;
-    int demote = (traces->nwindows >= DEMOTE_MIN_WINDOWS);
+    demote = demote || (traces->nwindows >= DEMOTE_MIN_WINDOWS);
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         window_slot_t *slot = &traces->windows[i];
         if (slot->window == 0) {
@@ -683,6 +683,13 @@ windows_rebuild(traces_t *traces)
     traces->last_window = 0;
     traces->last_leaf = NULL;
     return 0;
+}
+
+/* Make room for one more window. */
+static int
+windows_rebuild(traces_t *traces)
+{
+    return windows_rebuild_ex(traces, 0);
 }
 
 /* Add an empty leaf for a window that has none: it becomes the last one
@@ -773,6 +780,17 @@ traces_destroy(traces_t *traces)
         _Py_hashtable_destroy(traces->big);
     }
     raw_free(traces);
+}
+
+/* Make a table that will change little from now on as small as it can
+   be: its sparse leaves go to the spill whatever its size.  On memory
+   error, it stays as it was, or part of the way. */
+static void
+traces_compact(traces_t *traces)
+{
+    if (traces->windows_capacity != 0) {
+        (void)windows_rebuild_ex(traces, 1);
+    }
 }
 
 static size_t
