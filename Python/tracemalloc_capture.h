@@ -44,10 +44,16 @@ typedef struct {
     int lasti;
 } frame_key_t;
 
+/* A frame's line number and interned filename, by (code object,
+   instruction).  The filename is valid while the interned tables are:
+   forget_cached_tracebacks() empties the entries when they are
+   replaced. */
 typedef struct {
-    frame_key_t key;
+    PyCodeObject *code;         /* NULL if the entry is empty */
+    int lasti;
     unsigned int lineno;
     uint64_t epoch;
+    PyObject *filename;
 } line_entry_t;
 
 /* An interned traceback and its key; its frame keys are in tb_keys. */
@@ -216,7 +222,9 @@ traceback_hash(traceback_t *traceback)
     x = 0x345678UL;
     frame = traceback->frames;
     while (--len >= 0) {
-        y = (Py_uhash_t)PyObject_Hash(frame->filename);
+        /* Interned filenames are equal only if they are the same object
+           (hashtable_compare_traceback() compares them so) */
+        y = Py_HashPointer(frame->filename);
         y ^= (Py_uhash_t)frame->lineno;
         frame++;
 
@@ -230,7 +238,6 @@ traceback_hash(traceback_t *traceback)
 }
 
 
-/* The line number of a frame, from the cache when it has it. */
 /* Make the line cache four times larger, and empty, once it has missed
    more often than it has entries. */
 static void
@@ -248,15 +255,20 @@ grow_line_cache(capture_cache_t *cache)
     cache->line_misses = 0;
 }
 
-static unsigned int
-cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
+/* Fill a frame of key: its line number and interned filename, from the
+   cache when it has them. */
+static void
+cached_frame(capture_cache_t *cache, interned_t *interned, frame_key_t key,
+             uint64_t epoch, frame_t *frame)
 {
     uintptr_t h = ((uintptr_t)key.code >> 4) ^ ((uintptr_t)key.lasti * 31);
     line_entry_t *entry = &cache->lines[h & (cache->nlines - 1)];
-    if (entry->key.code == key.code && entry->key.lasti == key.lasti
+    if (entry->code == key.code && entry->lasti == key.lasti
         && entry->epoch == epoch)
     {
-        return entry->lineno;
+        frame->lineno = entry->lineno;
+        frame->filename = entry->filename;
+        return;
     }
     if (++cache->line_misses > cache->nlines
         && cache->nlines < MAX_LINE_CACHE_SIZE)
@@ -266,10 +278,13 @@ cached_lineno(capture_cache_t *cache, frame_key_t key, uint64_t epoch)
     }
     int lineno = PyCode_Addr2Line(key.code,
                                   key.lasti * (int)sizeof(_Py_CODEUNIT));
-    entry->key = key;
-    entry->lineno = lineno < 0 ? 0 : (unsigned int)lineno;
+    frame->lineno = lineno < 0 ? 0 : (unsigned int)lineno;
+    frame->filename = intern_filename(interned, key.code->co_filename, 1);
+    entry->code = key.code;
+    entry->lasti = key.lasti;
+    entry->lineno = frame->lineno;
     entry->epoch = epoch;
-    return entry->lineno;
+    entry->filename = frame->filename;
 }
 
 
@@ -425,6 +440,7 @@ forget_cached_tracebacks(capture_cache_t *cache)
 {
     memset(cache->tracebacks, 0,
            cache->ntracebacks * sizeof(traceback_entry_t));
+    memset(cache->lines, 0, cache->nlines * sizeof(line_entry_t));
 }
 
 
@@ -470,11 +486,14 @@ traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
     for (int i = 0; i < nframe; i++) {
         frame_key_t key = cache->keys[i];
         frame_t *frame = &traceback->frames[i];
-        frame->lineno = use_cache ? cached_lineno(cache, key, epoch)
-            : (unsigned int)Py_MAX(0, PyCode_Addr2Line(
-                  key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
+        if (use_cache) {
+            cached_frame(cache, state->interned, key, epoch, frame);
+            continue;
+        }
+        frame->lineno = (unsigned int)Py_MAX(0, PyCode_Addr2Line(
+            key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
         frame->filename = intern_filename(state->interned,
-                                          key.code->co_filename, use_cache);
+                                          key.code->co_filename, 0);
     }
     traceback_t *result = intern_traceback(state->interned, traceback);
     if (use_cache && result != NULL) {

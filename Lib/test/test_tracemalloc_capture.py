@@ -122,6 +122,18 @@ class CaptureTests(TracingTestCase):
         self.assertEqual(len(tracebacks), 1)
         self.assertEqual(tracebacks[0][-1].lineno, 3)
 
+    def test_site_after_clear_traces_outlives_its_code(self):
+        # A traceback interned after clear_traces() holds its filename in
+        # the new tables: the filename outlives the code object.
+        filename = ''.join(['<clear-', 'then-free>'])
+        alloc = compile_allocator(filename, 2)
+        alloc(1)
+        tracemalloc.clear_traces()
+        obj = alloc(1)
+        del alloc, filename
+        gc.collect()
+        self.assertEqual(where(obj), ('<clear-then-free>', 3))
+
     def test_code_objects_created_and_destroyed(self):
         # A dead code object's address is soon reused by a new one: what
         # was cached for the old one must not be reported for the new.
