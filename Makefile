@@ -18,8 +18,9 @@
 # `make help` lists every target.
 
 VARIANT ?= release
-VARIANTS := release debug ft asan tsan tsan-gil upstream upstream-debug \
-	upstream-ft upstream-asan upstream-tsan upstream-tsan-gil
+VARIANTS := release debug ft ft-release asan tsan tsan-gil upstream \
+	upstream-debug upstream-ft upstream-ft-release upstream-asan \
+	upstream-tsan upstream-tsan-gil
 JOBS ?= $(shell nproc)
 PYTHON_FOR_TOOLS ?= python3
 
@@ -27,17 +28,20 @@ PYTHON_FOR_TOOLS ?= python3
 SRC_release        := build/src
 SRC_debug          := build/src
 SRC_ft             := build/src
+SRC_ft-release     := build/src
 SRC_asan           := build/src
 SRC_tsan           := build/src
 SRC_tsan-gil       := build/src
 SRC_upstream       := build/base
 SRC_upstream-debug := build/base
 SRC_upstream-ft    := build/base
+SRC_upstream-ft-release := build/base
 SRC_upstream-asan  := build/base
 SRC_upstream-tsan  := build/base
 SRC_upstream-tsan-gil := build/base
 
-# configure options per variant.  PGO=1 makes release and upstream PGO+LTO.
+# configure options per variant.  PGO=1 makes release and upstream (and
+# their free-threaded twins, ft-release and upstream-ft-release) PGO+LTO.
 PGO ?=
 OPT_FLAGS := $(if $(PGO),--enable-optimizations --with-lto,)
 CONF_release        := $(OPT_FLAGS)
@@ -45,6 +49,7 @@ CONF_upstream       := $(OPT_FLAGS)
 CONF_debug          := --with-pydebug
 CONF_upstream-debug := --with-pydebug
 CONF_ft             := --disable-gil --with-pydebug
+CONF_ft-release     := --disable-gil $(OPT_FLAGS)
 CONF_asan           := --with-pydebug --with-address-sanitizer --without-pymalloc
 CONF_tsan           := --disable-gil --with-thread-sanitizer
 CC_tsan             := clang
@@ -53,6 +58,7 @@ CC_tsan-gil         := clang
 CC_asan             := gcc
 # upstream-<variant>: the base built exactly like the fork's <variant>
 CONF_upstream-ft    := $(CONF_ft)
+CONF_upstream-ft-release := $(CONF_ft-release)
 CONF_upstream-asan  := $(CONF_asan)
 CONF_upstream-tsan  := $(CONF_tsan)
 CC_upstream-tsan    := $(CC_tsan)
