@@ -9,6 +9,8 @@
 #   make install PREFIX=<dir> install the release variant (VARIANT= another)
 #                             into <dir>; altinstall: no python3 link
 #   make bench                build release and upstream, benchmark them (build/bench/)
+#   make bench-ft             build ft-release and upstream-ft-release, benchmark
+#                             them: overhead and 2 threads (build/bench-ft/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
 #   make sanitize             tracemalloc tests + stress under ASan
 #                             (VARIANT=tsan or tsan-gil: TSan)
@@ -90,7 +92,7 @@ BUILDINFO = $(if $(filter build/src,$(SRC_$(VARIANT))), \
 	GITBRANCH="echo $(FORK_TAG)")
 
 .PHONY: all build deps src configure install altinstall test regress stress \
-	bench sanitize refresh status discard fetch clean distclean help
+	bench bench-ft sanitize refresh status discard fetch clean distclean help
 
 all: build
 ifeq ($(VARIANT),release)
@@ -99,7 +101,8 @@ endif
 
 help:
 	@sed -n 's/^#   //p' Makefile
-	@echo "targets: all install altinstall test stress regress bench sanitize refresh"
+	@echo "targets: all install altinstall test stress regress bench bench-ft"
+	@echo "         sanitize refresh"
 	@echo "         status discard fetch clean distclean"
 	@echo "variants (VARIANT=...): $(VARIANTS)"
 
@@ -192,6 +195,15 @@ bench:
 	@$(MAKE) --no-print-directory build VARIANT=upstream
 	@$(PYTHON_FOR_TOOLS) Tools/tracemalloc/bench.py --fork build/release/python \
 	    --upstream build/upstream/python --out build/bench $(BENCH_ARGS)
+
+# The free-threaded builds: 1-frame overhead, and 2 threads of one
+# interpreter vs 1 (bench.py --ft); BENCH_ARGS as for bench.
+bench-ft:
+	@$(MAKE) --no-print-directory build VARIANT=ft-release
+	@$(MAKE) --no-print-directory build VARIANT=upstream-ft-release
+	@$(PYTHON_FOR_TOOLS) Tools/tracemalloc/bench.py --ft \
+	    --fork build/ft-release/python --upstream build/upstream-ft-release/python \
+	    --out build/bench-ft $(BENCH_ARGS)
 
 # The stress harness: a seeded random mix over many interpreters and threads
 # that checks tracemalloc's invariants (Tools/tracemalloc/stress.py --help).
