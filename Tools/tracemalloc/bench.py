@@ -61,7 +61,8 @@ change when traced:
   threads     (--ft only) 1 and 2 threads of the main interpreter, each
               running the suite (scale 1/4), tracing with 1 frame, then
               not tracing as a reference: throughput (wall time) and
-              speedup vs 1 thread, fork and upstream.  Each thread checks
+              speedup vs 1 thread, fork and upstream, and the process CPU
+              time / wall time of 2 threads.  Each thread checks
               its checksums against an untraced single-threaded run.  The
               cyclic GC is off while timed: in 3.13 free-threaded, each
               collection stops all threads and scans the whole heap, so
@@ -1012,6 +1013,7 @@ def child_threads(spec):
                 errors.append('%s: result differs in a thread' % name)
 
     curve = {n: [] for n in range(1, spec['nmax'] + 1)}
+    cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
     for rep in range(spec['reps']):
         order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
         for n in order:
@@ -1019,6 +1021,7 @@ def child_threads(spec):
             gc.disable()
             if frames:
                 tracemalloc.start(frames)
+            c0 = time.process_time()
             try:
                 wall = timed_threads([work] * n, errors)
             finally:
@@ -1028,7 +1031,9 @@ def child_threads(spec):
             if errors:
                 return {'error': errors[0]}
             curve[n].append(n / wall)
+            cpu[n].append((time.process_time() - c0) / wall)
     return {'throughput': {str(n): v for n, v in curve.items()},
+            'cpu_per_wall': {str(n): v for n, v in cpu.items()},
             'gil_enabled': getattr(sys, '_is_gil_enabled', lambda: True)()}
 
 
@@ -1632,7 +1637,7 @@ class Bench:
         a = self.args
         spec = {'names': a.names, 'scale': a.scale * 0.25, 'nmax': 2,
                 'reps': a.scaling_reps}
-        c = {}
+        c, par = {}, {}
         for frames in (1, 0):
             for which in ('fork', 'upstream'):
                 out = self.child(which, 'threads', dict(spec, frames=frames))
@@ -1642,6 +1647,7 @@ class Bench:
                 self.raw['threads-%s-%d' % (which, frames)] = out
                 c[frames, which] = {int(n): v for n, v
                                     in out['throughput'].items()}
+                par[frames, which] = stat(out['cpu_per_wall']['2'])
         gil = self.raw['threads-fork-1']['gil_enabled']
         for frames, label in ((1, 'tracing 1 frame'),
                               (0, 'not tracing (reference)')):
@@ -1649,6 +1655,10 @@ class Bench:
                             'thread', label, 'threads' if frames
                             else 'threads-ref',
                             'the GIL is enabled' if gil else '')
+            self.row('parallelism', '2 threads %s: CPU time / wall time' % (
+                label), 'x', par[frames, 'upstream'], par[frames, 'fork'],
+                note='below 2x: the threads waited (for a lock, the GIL, '
+                'or CPUs taken by other load)' if frames else '')
 
     def run(self):
         a = self.args
