@@ -1657,8 +1657,10 @@ class Bench:
                             'the GIL is enabled' if gil else '')
             self.row('parallelism', '2 threads %s: CPU time / wall time' % (
                 label), 'x', par[frames, 'upstream'], par[frames, 'fork'],
-                note='below 2x: the threads waited (for a lock, the GIL, '
-                'or CPUs taken by other load)' if frames else '')
+                note='well below 2x: the threads waited (a lock, the GIL, '
+                'or CPUs taken by other load); near 2x with no speedup: they '
+                'ran but contended (spinning, shared cache lines)'
+                if frames else '')
 
     def run(self):
         a = self.args
