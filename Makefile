@@ -9,6 +9,8 @@
 #   make install PREFIX=<dir> install the release variant (VARIANT= another)
 #                             into <dir>; altinstall: no python3 link
 #   make bench                build release and upstream, benchmark them (build/bench/)
+#   make bench-ft             build ft-release and upstream-ft-release, benchmark
+#                             them: overhead and 2 threads (build/bench-ft/)
 #   make regress              CPython's tests on debug vs upstream-debug: regressions
 #   make sanitize             tracemalloc tests + stress under ASan
 #                             (VARIANT=tsan or tsan-gil: TSan)
@@ -18,8 +20,9 @@
 # `make help` lists every target.
 
 VARIANT ?= release
-VARIANTS := release debug ft asan tsan tsan-gil upstream upstream-debug \
-	upstream-ft upstream-asan upstream-tsan upstream-tsan-gil
+VARIANTS := release debug ft ft-release asan tsan tsan-gil upstream \
+	upstream-debug upstream-ft upstream-ft-release upstream-asan \
+	upstream-tsan upstream-tsan-gil
 JOBS ?= $(shell nproc)
 PYTHON_FOR_TOOLS ?= python3
 
@@ -27,17 +30,20 @@ PYTHON_FOR_TOOLS ?= python3
 SRC_release        := build/src
 SRC_debug          := build/src
 SRC_ft             := build/src
+SRC_ft-release     := build/src
 SRC_asan           := build/src
 SRC_tsan           := build/src
 SRC_tsan-gil       := build/src
 SRC_upstream       := build/base
 SRC_upstream-debug := build/base
 SRC_upstream-ft    := build/base
+SRC_upstream-ft-release := build/base
 SRC_upstream-asan  := build/base
 SRC_upstream-tsan  := build/base
 SRC_upstream-tsan-gil := build/base
 
-# configure options per variant.  PGO=1 makes release and upstream PGO+LTO.
+# configure options per variant.  PGO=1 makes release and upstream (and
+# their free-threaded twins, ft-release and upstream-ft-release) PGO+LTO.
 PGO ?=
 OPT_FLAGS := $(if $(PGO),--enable-optimizations --with-lto,)
 CONF_release        := $(OPT_FLAGS)
@@ -45,6 +51,7 @@ CONF_upstream       := $(OPT_FLAGS)
 CONF_debug          := --with-pydebug
 CONF_upstream-debug := --with-pydebug
 CONF_ft             := --disable-gil --with-pydebug
+CONF_ft-release     := --disable-gil $(OPT_FLAGS)
 CONF_asan           := --with-pydebug --with-address-sanitizer --without-pymalloc
 CONF_tsan           := --disable-gil --with-thread-sanitizer
 CC_tsan             := clang
@@ -53,6 +60,7 @@ CC_tsan-gil         := clang
 CC_asan             := gcc
 # upstream-<variant>: the base built exactly like the fork's <variant>
 CONF_upstream-ft    := $(CONF_ft)
+CONF_upstream-ft-release := $(CONF_ft-release)
 CONF_upstream-asan  := $(CONF_asan)
 CONF_upstream-tsan  := $(CONF_tsan)
 CC_upstream-tsan    := $(CC_tsan)
@@ -84,7 +92,7 @@ BUILDINFO = $(if $(filter build/src,$(SRC_$(VARIANT))), \
 	GITBRANCH="echo $(FORK_TAG)")
 
 .PHONY: all build deps src configure install altinstall test regress stress \
-	bench sanitize refresh status discard fetch clean distclean help
+	bench bench-ft sanitize refresh status discard fetch clean distclean help
 
 all: build
 ifeq ($(VARIANT),release)
@@ -93,7 +101,8 @@ endif
 
 help:
 	@sed -n 's/^#   //p' Makefile
-	@echo "targets: all install altinstall test stress regress bench sanitize refresh"
+	@echo "targets: all install altinstall test stress regress bench bench-ft"
+	@echo "         sanitize refresh"
 	@echo "         status discard fetch clean distclean"
 	@echo "variants (VARIANT=...): $(VARIANTS)"
 
@@ -186,6 +195,15 @@ bench:
 	@$(MAKE) --no-print-directory build VARIANT=upstream
 	@$(PYTHON_FOR_TOOLS) Tools/tracemalloc/bench.py --fork build/release/python \
 	    --upstream build/upstream/python --out build/bench $(BENCH_ARGS)
+
+# The free-threaded builds: 1-frame overhead, and 2 threads of one
+# interpreter vs 1 (bench.py --ft); BENCH_ARGS as for bench.
+bench-ft:
+	@$(MAKE) --no-print-directory build VARIANT=ft-release
+	@$(MAKE) --no-print-directory build VARIANT=upstream-ft-release
+	@$(PYTHON_FOR_TOOLS) Tools/tracemalloc/bench.py --ft \
+	    --fork build/ft-release/python --upstream build/upstream-ft-release/python \
+	    --out build/bench-ft $(BENCH_ARGS)
 
 # The stress harness: a seeded random mix over many interpreters and threads
 # that checks tracemalloc's invariants (Tools/tracemalloc/stress.py --help).

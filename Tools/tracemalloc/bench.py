@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the per-interpreter tracemalloc fork against its upstream base.
 
-Usage (what `make bench` runs):
+Usage (what `make bench` runs; `make bench-ft` runs the free-threaded
+builds ft-release and upstream-ft-release with --ft, into build/bench-ft):
 
     python3 Tools/tracemalloc/bench.py --fork build/release/python \\
         --upstream build/upstream/python --out build/bench
@@ -12,7 +13,11 @@ two builds are measured by identical code.  It prints a table and writes
 OUT/results.json and OUT/results.md.
 
 What is measured (each figure is the median over repetitions; "spread" is
-the median absolute deviation of the same samples):
+the median absolute deviation of the same samples).  The workloads are
+small standard-library programs (WORKLOADS_SRC), each about 0.1-0.15 s
+untraced on a release build, each returning a checksum that must not
+change when traced:
+%s
 
   untraced    fork vs upstream with tracemalloc off, per workload: rounds of
               one child per interpreter, alternating which goes first (ABAB);
@@ -20,12 +25,20 @@ the median absolute deviation of the same samples):
   overhead    traced time / untraced time, per workload, at 1 and 25 frames:
               one child per (interpreter, frames) alternates untraced and
               traced runs back to back (tracemalloc.start(n) ... stop()),
-              the order flipping every pair; median of the pair ratios, and
-              the geometric mean over the workloads.
+              the order flipping every pair (upstream: at most 3 pairs, it
+              is slow at 25 frames); median of the pair ratios, and the
+              geometric mean over the workloads.
   memory      1M live small str objects (plus the list holding them):
               get_tracemalloc_memory() growth / 1M, and peak-RSS growth
               (VmHWM) of a traced child minus that of an untraced child of
-              the same round, / 1M.
+              the same round, / 1M.  Then heap shapes, each in a fresh
+              child: get_tracemalloc_memory() growth / number of traces
+              (1 frame) for
+                fragmented  2M small str allocated untraced, every 100th
+                            freed, then 20k new ones traced fill the holes;
+                sparse      1.28M small str traced, 1 in 64 kept;
+                mixed       20k bytes objects of 300-4000 B;
+                imports     importing 24 stdlib modules.
   snapshot    take_snapshot() with those 1M traces live; ratio fork/upstream.
   isolation   what tracing in one interpreter costs the others.  Two
               isolated subinterpreters in two threads build lists of small
@@ -42,10 +55,26 @@ the median absolute deviation of the same samples):
               throughput = total work / wall time, speedup vs N = 1, for
               N = 1 .. max(2, nproc).  Also untraced, as a reference for
               what the machine allows.  Upstream cannot import tracemalloc in
-              an isolated subinterpreter: reported as n/a.
+              an isolated subinterpreter: reported as n/a.  email and sqlite
+              are left out (they import datetime, which crashes upstream
+              3.13.5 when two isolated subinterpreters end: gh-136423).
+  threads     (--ft only) 1 and 2 threads of the main interpreter, each
+              running the suite (scale 1/4), tracing with 1 frame, then
+              not tracing as a reference: throughput (wall time) and
+              speedup vs 1 thread, fork and upstream, and the process CPU
+              time / wall time of 2 threads.  Each thread checks
+              its checksums against an untraced single-threaded run.  The
+              cyclic GC is off while timed: in 3.13 free-threaded, each
+              collection stops all threads and scans the whole heap, so
+              with it on these workloads do not scale even untraced.
+
+By default all sections but threads run.  --ft is for the free-threaded
+builds: only overhead at 1 frame and threads, with their targets
+(overhead <= 2x per workload and in geomean, threads fork >= 1.7x).
 
 Single-threaded timings use process CPU time (time.process_time), which is
-robust against other load on the machine; scaling uses wall time.  Child
+robust against other load on the machine; scaling and threads use wall
+time.  The load average at the start and the end is printed.  Child
 processes run with PYTHONHASHSEED=0 and without user site-packages.
 
 Targets missed are reported as such; the exit status is 0 whenever all
@@ -57,10 +86,12 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 # Workloads, run by the children and by the subinterpreters of the scaling
@@ -68,6 +99,15 @@ import time
 # (1.0 ~ 0.1-0.15 s untraced on a release build) and returns a checksum.
 WORKLOADS_SRC = r'''
 import json, random, re
+import asyncio, ast, copy, dataclasses, heapq, io, itertools, logging
+import operator, pickle
+import xml.etree.ElementTree as ET
+from collections import Counter, deque
+from decimal import Decimal, localcontext, ROUND_HALF_EVEN
+from types import SimpleNamespace
+# email and sqlite3 import datetime, which crashes upstream 3.13.5 when two
+# isolated subinterpreters end (gh-136423): their workloads import them
+# inside and are not run in subinterpreters (NOT_IN_SUBINTERPRETERS).
 
 
 def wl_churn(scale):
@@ -304,8 +344,456 @@ def wl_logs(scale):
     return len('\n'.join(report))
 
 
-WORKLOADS = {'churn': wl_churn, 'json': wl_json, 'objects': wl_objects,
-             'parse': wl_parse, 'logs': wl_logs}
+def wl_asyncio(scale):
+    """asyncio: producer/consumer tasks over queues, gathered."""
+    async def producer(q, n, seed):
+        for i in range(n):
+            await q.put({'id': seed * 100000 + i,
+                         'body': 'msg-%d-%d' % (seed, i)})
+            if i % 16 == 0:
+                await asyncio.sleep(0)
+        await q.put(None)
+
+    async def consumer(q, out):
+        total = 0
+        while True:
+            item = await q.get()
+            if item is None:
+                break
+            total += len(item['body']) + item['id'] % 7
+            out.append(item['body'][-3:])
+        return total
+
+    async def fanout(k):
+        await asyncio.sleep(0)
+        return [k * j for j in range(10)]
+
+    async def main(n):
+        out = []
+        queues = [asyncio.Queue(maxsize=64) for _ in range(8)]
+        tasks = [asyncio.create_task(consumer(q, out)) for q in queues]
+        await asyncio.gather(*(producer(q, n, s)
+                               for s, q in enumerate(queues)))
+        totals = await asyncio.gather(*tasks)
+        small = await asyncio.gather(*(fanout(k) for k in range(n)))
+        return sum(totals) + len(out) + sum(map(sum, small))
+
+    return asyncio.run(main(int(5500 * scale)))
+
+
+def wl_pickle(scale):
+    """pickle round trips of nested records, several protocols."""
+    docs = [{'i': i, 'name': 'item%d' % i,
+             'tags': ['t%d' % (i % 13), 't%d' % (i % 5)],
+             'pos': (i, -i, i * 0.25),
+             'meta': {'k%d' % (i % 9): str(i), 'ok': i % 2 == 0}}
+            for i in range(int(4500 * scale))]
+    recs = [SimpleNamespace(id=i, name='rec%d' % i,
+                            when=complex(i % 12, i % 28),
+                            tags={'a%d' % (i % 7), 'b%d' % (i % 11)},
+                            raw=b'%d' % i,
+                            values=[i * 0.5, i * 1.5, -i])
+            for i in range(int(1800 * scale))]
+    total = 0
+    for proto in (2, 4, 5, 5, 5):
+        blob = pickle.dumps(docs, protocol=proto)
+        back = pickle.loads(blob)
+        blob2 = pickle.dumps(recs, protocol=proto)
+        back2 = pickle.loads(blob2)
+        total += len(blob) + len(blob2) + (back == docs) + back2[-1].id
+    return total
+
+
+def wl_regex(scale):
+    """re: compile generated patterns (the cache purged) and match text."""
+    words = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta',
+             'theta', 'iota', 'kappa']
+    text = ' '.join('%s%d=%d;' % (words[i % 10], i % 37, i * 7 % 1000)
+                    for i in range(2000))
+    total = 0
+    for r in range(int(40 * scale)):
+        re.purge()
+        pats = [re.compile(r'(?P<w>%s)(?P<n>\d{1,2})=(?P<v>\d+);' % w)
+                for w in words]
+        pats.append(re.compile(r'\b(\w+?)(\d+)=(%d\d*)\b' % (r % 10)))
+        pats.append(re.compile(r'(?i)(?:%s|%s)\d+' % (
+            words[r % 10], words[(r + 3) % 10])))
+        for p in pats:
+            for m in p.finditer(text):
+                total += len(m.group(0)) + len(m.groups())
+        total += len(re.sub(r'\d+', lambda m: str(len(m.group())),
+                            text[:4000]))
+        total += len(re.split(r'[;=]', text[:8000]))
+    return total
+
+
+def wl_xml(scale):
+    """xml.etree: build a document, serialize, parse, iterate, find."""
+    n = int(4000 * scale)
+    root = ET.Element('catalog', version='1')
+    for i in range(n):
+        item = ET.SubElement(root, 'item', id=str(i), kind='k%d' % (i % 5))
+        ET.SubElement(item, 'name').text = 'Item %d' % i
+        price = ET.SubElement(item, 'price', currency='EUR')
+        price.text = '%d.%02d' % (i % 100, i % 97)
+        tags = ET.SubElement(item, 'tags')
+        for j in range(3):
+            ET.SubElement(tags, 'tag').text = 't%d' % ((i + j) % 17)
+    text = ET.tostring(root, encoding='unicode')
+    total = len(text)
+    for _ in range(3):
+        doc = ET.fromstring(text)
+        for item in doc.iter('item'):
+            total += len(item.get('id')) + len(item.findtext('name'))
+            total += sum(len(t.text) for t in item.iterfind('tags/tag'))
+        total += len(doc.findall(".//item[@kind='k3']"))
+    return total
+
+
+def _gen_message(rng, i):
+    lines = ['From: User %d <user%d@example.org>' % (i, i),
+             'To: list%d@example.com' % (i % 10),
+             'Subject: Re: report %d about %s' % (
+                 i, rng.choice(('cpu', 'disk', 'net'))),
+             'Date: Tue, 01 Dec 2026 12:%02d:%02d +0000' % (
+                 i % 60, (i * 7) % 60),
+             'Message-ID: <%d.%d@example.org>' % (i, rng.randrange(10 ** 6)),
+             'MIME-Version: 1.0',
+             'Content-Type: multipart/mixed; boundary="b%d"' % i, '',
+             '--b%d' % i, 'Content-Type: text/plain; charset="utf-8"', '']
+    lines += ['line %d of the body, value %d' % (j, rng.randrange(1000))
+              for j in range(rng.randrange(5, 20))]
+    lines += ['--b%d' % i, 'Content-Type: text/csv', '',
+              '\n'.join('%d,%d,%d' % (j, j * i, j % 3) for j in range(8)),
+              '--b%d--' % i, '']
+    return '\n'.join(lines)
+
+
+def wl_email(scale):
+    """email.parser: parse generated multipart messages, walk the parts."""
+    import email.parser, email.policy
+    rng = random.Random(6)
+    msgs = [_gen_message(rng, i) for i in range(int(125 * scale))]
+    total = 0
+    for policy in (email.policy.compat32, email.policy.default):
+        parser = email.parser.Parser(policy=policy)
+        for text in msgs:
+            msg = parser.parsestr(text)
+            total += len(str(msg['Subject'])) + len(str(msg['From']))
+            for part in msg.walk():
+                if not part.is_multipart():
+                    total += (len(part.get_payload())
+                              + len(part.get_content_type()))
+    return total
+
+
+def wl_decimal(scale):
+    """decimal: loan schedules and sums with quantize, 28 and 50 digits."""
+    total = Decimal(0)
+    cent = Decimal('0.01')
+    with localcontext() as ctx:
+        for prec in (28, 50):
+            ctx.prec = prec
+            for k in range(int(900 * scale)):
+                principal = Decimal(10000 + 137 * k)
+                rate = Decimal(3 + k % 5) / Decimal(1200)
+                months = 120
+                pay = principal * rate / (1 - (1 + rate) ** -months)
+                pay = pay.quantize(cent, rounding=ROUND_HALF_EVEN)
+                bal = principal
+                for _ in range(months):
+                    interest = (bal * rate).quantize(cent)
+                    bal = bal + interest - pay
+                    total += interest
+                total += bal.copy_abs()
+                total += sum(Decimal(str(x)) / 7 for x in range(40)).sqrt()
+    return str(total.quantize(cent))
+
+
+@dataclasses.dataclass(order=True)
+class _Point:
+    x: int
+    y: int
+    label: str = ''
+
+
+@dataclasses.dataclass
+class _Shape:
+    name: str
+    points: list
+    attrs: dict = dataclasses.field(default_factory=dict)
+
+
+def wl_dataclasses(scale):
+    """dataclasses: creation, asdict, replace, sorting, comparisons."""
+    rng = random.Random(7)
+    shapes = []
+    for i in range(int(4800 * scale)):
+        pts = [_Point(rng.randrange(100), rng.randrange(100), 'p%d' % j)
+               for j in range(6)]
+        shapes.append(_Shape('s%d' % i, pts, {'layer': i % 4}))
+    total = 0
+    for s in shapes:
+        d = dataclasses.asdict(s)
+        total += len(d['points']) + d['points'][0]['x']
+        s.points.sort()
+        moved = [dataclasses.replace(p, x=p.x + 1) for p in s.points]
+        total += sum(m > p for m, p in zip(moved, s.points))
+    shapes.sort(key=lambda s: (s.points[0], s.name))
+    total += len(dataclasses.astuple(shapes[0])[1])
+    return total + (shapes[0] == shapes[0])
+
+
+def _gen_source(rng, n):
+    out = []
+    for i in range(n):
+        out.append('def f%d(a, b=%d, *args, **kw):' % (i, rng.randrange(10)))
+        out.append('    """Function %d."""' % i)
+        out.append('    x = [a * %d + b for _ in range(%d) if _ %% 2]' % (
+            rng.randrange(9), rng.randrange(5, 20)))
+        out.append('    for k, v in kw.items():')
+        out.append('        x.append((k, v, {"k": k, "n": len(args)}))')
+        out.append('    if a > b:')
+        out.append('        return sum(x[:3]) if x else None')
+        out.append('    return [y for y in x if isinstance(y, int)]')
+        out.append('')
+        out.append('class C%d(object):' % i)
+        out.append('    attr = %r' % ('c%d' % i))
+        out.append('    def method(self, z):')
+        out.append('        return f%d(z, z + 1, key=self.attr)' % i)
+        out.append('')
+    return '\n'.join(out)
+
+
+def wl_ast(scale):
+    """ast: parse generated source, walk and transform it, compile it."""
+    rng = random.Random(8)
+    src = _gen_source(rng, int(115 * scale))
+    total = 0
+    for _ in range(2):
+        tree = ast.parse(src)
+        names = Counter(type(node).__name__ for node in ast.walk(tree))
+        total += names['Name'] + names['Call'] + len(names)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, int):
+                node.value += 1
+        code = compile(tree, '<bench-ast>', 'exec')
+        total += len(code.co_consts)
+        total += len(ast.dump(tree.body[0]))
+    return total
+
+
+def wl_sqlite(scale):
+    """sqlite3 in memory: inserts, an index, selects with group by."""
+    import sqlite3
+    rng = random.Random(9)
+    n = int(36000 * scale)
+    rows = [(i, 'cust%d' % rng.randrange(500),
+             rng.choice(('a', 'b', 'c', 'd')),
+             rng.randrange(1, 10000) / 100.0) for i in range(n)]
+    con = sqlite3.connect(':memory:')
+    try:
+        con.execute('create table orders (id integer primary key, customer text,'
+                    ' kind text, amount real)')
+        con.executemany('insert into orders values (?, ?, ?, ?)', rows)
+        con.execute('create index orders_customer on orders (customer)')
+        total = 0
+        for kind, count, amount in con.execute(
+                'select kind, count(*), sum(amount) from orders group by kind'
+                ' order by kind'):
+            total += count + int(amount)
+        for c in range(0, 500, 2):
+            cur = con.execute('select id, amount from orders where customer = ?'
+                              ' order by id', ('cust%d' % c,))
+            total += sum(i for i, _ in cur.fetchall())
+        for row in con.execute('select * from orders where amount > 50'
+                               ' order by amount'):
+            total += len(row[1])
+        con.execute('update orders set amount = amount * 2 where kind = ?',
+                    ('b',))
+        total += int(con.execute('select sum(amount) from orders')
+                     .fetchone()[0])
+    finally:
+        con.close()
+    return total
+
+
+def wl_logging(scale):
+    """logging: a logger with a formatter writing to a StringIO handler."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(
+        '%(levelname)-8s %(name)s %(funcName)s:%(lineno)d %(message)s'))
+    log = logging.Logger('bench.logging', logging.DEBUG)
+    log.addHandler(handler)
+    child = logging.Logger('bench.logging.db', logging.INFO)
+    child.addHandler(handler)
+    for i in range(int(7500 * scale)):
+        log.info('request %d from %s took %.1f ms', i, 'host%d' % (i % 17),
+                 i % 97 / 3)
+        if i % 3 == 0:
+            child.debug('not emitted %d', i)
+            child.warning('slow query %r on %s', 'select %d' % i,
+                          {'table': i % 5})
+        if i % 50 == 0:
+            try:
+                raise ValueError('bad value %d' % i)
+            except ValueError:
+                log.exception('failed item %d', i)
+    handler.close()
+    return len(stream.getvalue())
+
+
+class _Leaf:
+    def __init__(self, i):
+        self.i = i
+        self.data = {'n': i, 'sq': [i, i * i]}
+
+
+def wl_deepcopy(scale):
+    """copy.deepcopy of nested dicts, lists, tuples and instances."""
+    tree = {'k%d' % i: {'list': [(j, 'v%d' % j, [j] * 3) for j in range(8)],
+                        'leaf': _Leaf(i), 'set': frozenset(range(i % 5)),
+                        'nested': {'a': [{'b': i}], 'c': (i, (i, [i]))}}
+            for i in range(int(650 * scale))}
+    total = 0
+    for _ in range(4):
+        c = copy.deepcopy(tree)
+        total += len(c) + c['k0']['leaf'].data['sq'][1] + len(c['k1']['list'])
+        shallow = [copy.copy(v) for v in c.values()]
+        total += len(shallow)
+    return total
+
+
+def wl_pipeline(scale):
+    """Generators and itertools: a lazy pipeline, groupby, merge, Counter."""
+    n = int(38000 * scale)
+
+    def records(seed):
+        rng = random.Random(seed)
+        for i in range(n):
+            yield (rng.randrange(100), 'w%d' % rng.randrange(300), i)
+
+    def window(it, size):
+        buf = deque(maxlen=size)
+        for x in it:
+            buf.append(x)
+            if len(buf) == size:
+                yield tuple(buf)
+
+    total = 0
+    evens = (r for r in records(10) if r[0] % 2 == 0)
+    keyed = sorted(itertools.islice(evens, n // 3), key=operator.itemgetter(1))
+    for word, group in itertools.groupby(keyed, key=operator.itemgetter(1)):
+        total += sum(1 for _ in group) * len(word)
+    words = Counter(r[1] for r in records(11))
+    total += sum(c for _, c in words.most_common(10))
+    half = itertools.islice(records(13), n // 2)
+    merged = heapq.merge(sorted(r[0] for r in records(12)),
+                         sorted(r[0] for r in half))
+    total += sum(itertools.accumulate(itertools.islice(merged, 0, None, 97)))
+    windows = window((r[0] for r in records(14)), 4)
+    for w in itertools.islice(windows, 0, None, 50):
+        total += max(w) - min(w)
+    pairs = itertools.zip_longest(range(0, n, 3), map(str, range(n // 4)),
+                                  fillvalue='')
+    total += sum(len(b) for _, b in pairs)
+    return total
+
+
+class _Account:
+    def __init__(self, owner, balance):
+        self.owner = owner
+        self.balance = balance
+        self.history = []
+
+    def deposit(self, amount, when):
+        self.balance += amount
+        self.history.append(('dep', amount, when))
+
+    def withdraw(self, amount, when):
+        if amount > self.balance:
+            self.history.append(('fail', amount, when))
+            return False
+        self.balance -= amount
+        self.history.append(('wd', amount, when))
+        return True
+
+    @property
+    def activity(self):
+        return len(self.history)
+
+
+class _Savings(_Account):
+    rate = 3
+
+    def accrue(self, when):
+        self.deposit(self.balance * self.rate // 1000, when)
+
+
+class _Checking(_Account):
+    fee = 1
+
+    def withdraw(self, amount, when):
+        return super().withdraw(amount + self.fee, when)
+
+
+class _Event:
+    __slots__ = ('when', 'seq', 'kind', 'args')
+
+    def __init__(self, when, seq, kind, args):
+        self.when, self.seq, self.kind, self.args = when, seq, kind, args
+
+    def __lt__(self, other):
+        return (self.when, self.seq) < (other.when, other.seq)
+
+
+class _Bank:
+    def __init__(self, rng, n):
+        self.rng = rng
+        self.accounts = [
+            (_Savings if i % 3 == 0 else _Checking)('o%d' % i, 1000)
+            for i in range(n)]
+        self.queue = []
+        self.seq = 0
+        self.failed = 0
+
+    def schedule(self, when, kind, *args):
+        self.seq += 1
+        heapq.heappush(self.queue, _Event(when, self.seq, kind, args))
+
+    def run(self, events):
+        rng = self.rng
+        for i in range(events):
+            self.schedule(rng.randrange(1000), 'transfer',
+                          rng.randrange(len(self.accounts)),
+                          rng.randrange(len(self.accounts)),
+                          rng.randrange(1, 300))
+        while self.queue:
+            ev = heapq.heappop(self.queue)
+            if ev.kind == 'transfer':
+                src, dst, amount = ev.args
+                if self.accounts[src].withdraw(amount, ev.when):
+                    self.accounts[dst].deposit(amount, ev.when)
+                else:
+                    self.failed += 1
+                    if ev.when < 990:
+                        self.schedule(ev.when + 10, 'accrue', src)
+            elif isinstance(self.accounts[ev.args[0]], _Savings):
+                self.accounts[ev.args[0]].accrue(ev.when)
+        return (sum(a.balance for a in self.accounts) +
+                sum(a.activity for a in self.accounts) + self.failed)
+
+
+def wl_simulation(scale):
+    """A class-heavy simulation: accounts, inheritance, an event queue."""
+    return _Bank(random.Random(15), 300).run(int(21000 * scale))
+
+
+# Every wl_<name> above, in the order of definition: the original five
+# (churn, json, objects, parse, logs) first.
+WORKLOADS = {name[3:]: func for name, func in list(globals().items())
+             if name.startswith('wl_')}
 
 
 def run_mix(names, scale, units, frames):
@@ -322,24 +810,36 @@ def run_mix(names, scale, units, frames):
             tracemalloc.stop()
 '''
 
-WORKLOAD_NAMES = ('churn', 'json', 'objects', 'parse', 'logs')
+WORKLOAD_NAMES = tuple(re.findall(r'^def wl_(\w+)', WORKLOADS_SRC, re.M))
+NOT_IN_SUBINTERPRETERS = ('email', 'sqlite')    # see WORKLOADS_SRC
 SECTIONS = ('untraced', 'overhead', 'memory', 'snapshot', 'isolation',
-            'scaling')
+            'scaling', 'threads')
+DEFAULT_SECTIONS = SECTIONS[:-1]
+FT_SECTIONS = ('overhead', 'threads')     # and FRAMES[:1]
 FRAMES = (1, 25)
 MEMORY_BLOCKS = 1_000_000
 
-# Targets of the issue: row key -> (what is compared, operator, bound, unit).
+# Targets of the issues: row key -> (what is compared, operator, bound, unit).
 TARGETS = {
-    'overhead-1': ('fork', '<=', 2.0, 'x'),
-    'overhead-25': ('fork', '<=', 3.5, 'x'),
+    'overhead-1': ('fork', '<=', 1.5, 'x'),
+    'overhead-1-geomean': ('fork', '<=', 1.35, 'x'),
+    'overhead-25': ('fork', '<=', 2.0, 'x'),
+    'overhead-25-geomean': ('fork', '<=', 1.6, 'x'),
     'tm-memory': ('fork', '<=', 24.0, ' B'),
-    'rss': ('fork', '<=', 40.0, ' B'),
+    'tm-shape': ('fork', '<=', 24.0, ' B'),
+    'rss': ('fork', '<=', 24.0, ' B'),
     'snapshot': ('ratio', '<=', 0.5, 'x'),
     'untraced': ('ratio', '<=', 1.02, 'x'),
     'scaling-2': ('fork', '>=', 1.7, 'x'),
     'others-main-traces': ('fork', '<=', 1.10, 'x'),
     'stall': ('fork', '<=', 50.0, ' ms'),
     'snapshot-free': ('fork', '<=', 1.10, 'x'),
+}
+# With --ft (the free-threaded builds), these replace the above.
+FT_TARGETS = {
+    'overhead-1': ('fork', '<=', 2.0, 'x'),
+    'overhead-1-geomean': ('fork', '<=', 2.0, 'x'),
+    'threads-2': ('fork', '>=', 1.7, 'x'),
 }
 NA = 'n/a'      # a cell that cannot be measured (as opposed to None: no cell)
 
@@ -446,6 +946,97 @@ def child_memory(spec):
     return out
 
 
+# Stdlib modules that the child (this file) does not import itself.
+IMPORT_MODULES = (
+    'asyncio', 'email.parser', 'email.policy', 'xml.etree.ElementTree',
+    'http.client', 'urllib.request', 'logging', 'dataclasses', 'typing',
+    'pathlib', 'csv', 'sqlite3', 'pickle', 'unittest', 'difflib', 'tarfile',
+    'tomllib', 'zipfile', 'calendar', 'configparser', 'ipaddress', 'uuid',
+    'ast', 'inspect')
+HEAP_SHAPES = {
+    'fragmented': '2M small str untraced, every 100th freed; then 20k '
+                  'new ones traced fill the holes',
+    'sparse': '1.28M small str traced, 1 in 64 kept',
+    'mixed': '20k bytes objects of 300-4000 B',
+    'imports': 'importing %d stdlib modules' % len(IMPORT_MODULES),
+}
+
+
+def child_heap(spec):
+    """get_tracemalloc_memory() growth and the number of traces for one
+    heap shape (HEAP_SHAPES), 1 frame, in a fresh process."""
+    import gc
+    import importlib
+    import random
+    import tracemalloc
+    shape = spec['shape']
+    gc.collect()
+    if shape == 'fragmented':
+        heap = ['s%07d' % i for i in range(2_000_000)]
+        for i in range(0, len(heap), 100):
+            heap[i] = None
+    tracemalloc.start(1)
+    tm0 = tracemalloc.get_tracemalloc_memory()
+    if shape == 'fragmented':
+        keep = ['t%07d' % i for i in range(20_000)]
+    elif shape == 'sparse':
+        tmp = ['u%07d' % i for i in range(64 * 20_000)]
+        keep = tmp[::64]
+        del tmp
+    elif shape == 'mixed':
+        rng = random.Random(16)
+        keep = [bytes(rng.randrange(300, 4001)) for _ in range(20_000)]
+    elif shape == 'imports':
+        keep = [importlib.import_module(m) for m in IMPORT_MODULES]
+    else:
+        raise ValueError('unknown heap shape %r' % shape)
+    tm1 = tracemalloc.get_tracemalloc_memory()
+    ntraces = len(tracemalloc.take_snapshot().traces)
+    tracemalloc.stop()
+    del keep
+    return {'tm0': tm0, 'tm1': tm1, 'ntraces': ntraces}
+
+
+def child_threads(spec):
+    """Throughput of N threads of this one interpreter, each running the
+    workloads, traced (frames > 0) or not, the cyclic GC off while timed."""
+    import gc
+    import tracemalloc
+    wl = load_workloads()['WORKLOADS']
+    names, scale, frames = spec['names'], spec['scale'], spec['frames']
+    expected = {name: wl[name](scale) for name in names}  # warm up, too
+    errors = []
+
+    def work():
+        for name in names:
+            if wl[name](scale) != expected[name]:
+                errors.append('%s: result differs in a thread' % name)
+
+    curve = {n: [] for n in range(1, spec['nmax'] + 1)}
+    cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
+    for rep in range(spec['reps']):
+        order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
+        for n in order:
+            gc.collect()
+            gc.disable()
+            if frames:
+                tracemalloc.start(frames)
+            c0 = time.process_time()
+            try:
+                wall = timed_threads([work] * n, errors)
+            finally:
+                if frames:
+                    tracemalloc.stop()
+                gc.enable()
+            if errors:
+                return {'error': errors[0]}
+            curve[n].append(n / wall)
+            cpu[n].append((time.process_time() - c0) / wall)
+    return {'throughput': {str(n): v for n, v in curve.items()},
+            'cpu_per_wall': {str(n): v for n, v in cpu.items()},
+            'gil_enabled': getattr(sys, '_is_gil_enabled', lambda: True)()}
+
+
 def child_scaling(spec):
     """Throughput of N isolated subinterpreters, one thread each."""
     import _interpreters
@@ -524,28 +1115,41 @@ def string_iterations(seconds):
 ISOLATION_CONFIGS = ('nobody', 'main', 'subs')
 
 
-def run_in_threads(ids, code):
-    """Run code in each interpreter of ids, each in its own thread; return
-    the wall time, or raise RuntimeError."""
-    import _interpreters
+def timed_threads(funcs, errors):
+    """Run each of funcs in its own thread, all released at once; return
+    the wall time until the last one ends.  An exception goes to errors."""
     import threading
-    errors = []
-    barrier = threading.Barrier(len(ids) + 1)
+    barrier = threading.Barrier(len(funcs) + 1)
 
-    def worker(iid):
+    def worker(func):
         barrier.wait()
-        exc = _interpreters.run_string(iid, code)
-        if exc is not None:
-            errors.append(exc.formatted)
+        try:
+            func()
+        except BaseException as exc:
+            errors.append(repr(exc))
 
-    threads = [threading.Thread(target=worker, args=(iid,)) for iid in ids]
+    threads = [threading.Thread(target=worker, args=(f,)) for f in funcs]
     for t in threads:
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run_in_threads(ids, code):
+    """Run code in each interpreter of ids, each in its own thread; return
+    the wall time, or raise RuntimeError."""
+    import _interpreters
+    errors = []
+
+    def run(iid):
+        exc = _interpreters.run_string(iid, code)
+        if exc is not None:
+            errors.append(exc.formatted)
+
+    wall = timed_threads([lambda iid=iid: run(iid) for iid in ids], errors)
     if errors:
         raise RuntimeError(errors[0])
     return wall
@@ -677,7 +1281,8 @@ def child_stall(spec):
 
 CHILD_MODES = {'untraced': child_untraced, 'overhead': child_overhead,
                'memory': child_memory, 'isolation': child_isolation,
-               'stall': child_stall, 'scaling': child_scaling}
+               'stall': child_stall, 'scaling': child_scaling,
+               'heap': child_heap, 'threads': child_threads}
 
 
 def child_main(mode, spec):
@@ -732,11 +1337,11 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def check(key, fork, ratio):
+def check(targets, key, fork, ratio):
     """True/False if the target of `key` is met/missed, None if no target."""
-    if key not in TARGETS:
+    if key not in targets:
         return None
-    what, op, bound, _ = TARGETS[key]
+    what, op, bound, _ = targets[key]
     value = (fork if what == 'fork' else ratio)
     if not isinstance(value, dict):
         return False
@@ -744,10 +1349,10 @@ def check(key, fork, ratio):
     return value <= bound if op == '<=' else value >= bound
 
 
-def target_text(key):
-    if key not in TARGETS:
+def target_text(targets, key):
+    if key not in targets:
         return ''
-    what, op, bound, unit = TARGETS[key]
+    what, op, bound, unit = targets[key]
     return '%s %s %g%s' % ('fork' if what == 'fork' else 'fork/upstream',
                            op, bound, unit)
 
@@ -756,6 +1361,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.pythons = {'upstream': args.upstream, 'fork': args.fork}
+        self.targets = dict(TARGETS, **(FT_TARGETS if args.ft else {}))
         self.rows = []
         self.raw = {}
         self.errors = []
@@ -779,7 +1385,8 @@ class Bench:
         self.rows.append({
             'key': key, 'metric': metric, 'unit': unit,
             'upstream': upstream, 'fork': fork, 'ratio': ratio,
-            'target': target_text(key), 'met': check(key, fork, ratio),
+            'target': target_text(self.targets, key),
+            'met': check(self.targets, key, fork, ratio),
             'note': note})
 
     def error(self, section, exc):
@@ -820,13 +1427,13 @@ class Bench:
 
     def overhead(self):
         a = self.args
-        for frames in FRAMES:
+        for frames in a.frames:
             key = 'overhead-%d' % frames
             res = {}
             for which in ('fork', 'upstream'):
                 res[which] = self.child(which, 'overhead', {
                     'names': a.names, 'scale': a.scale, 'frames': frames,
-                    'pairs': a.reps})
+                    'pairs': a.reps if which == 'fork' else a.upstream_pairs})
             self.raw[key] = res
             ratios = {w: {} for w in res}
             for name in a.names:
@@ -844,7 +1451,7 @@ class Bench:
                 gms[w] = stat(per_pair)
                 gms[w]['median'] = geomean([statistics.median(rs) for rs
                                             in ratios[w].values()])
-            self.row(key, 'overhead %d frame%s: geomean' % (
+            self.row(key + '-geomean', 'overhead %d frame%s: geomean' % (
                 frames, 's' if frames > 1 else ''), 'x',
                 gms['upstream'], gms['fork'],
                 {'median': gms['fork']['median'] / gms['upstream']['median']})
@@ -869,15 +1476,14 @@ class Bench:
         if want_memory:
             tm = {w: stat([(d['traced']['tm1'] - d['traced']['tm0']) / n
                            for d in per[w]]) for w in per}
-            self.row('tm-memory', 'get_tracemalloc_memory() per live block',
-                     'B', tm['upstream'], tm['fork'],
-                     {'median': tm['fork']['median'] / tm['upstream']['median']})
+            self.pair_row('tm-memory', 'get_tracemalloc_memory() per live '
+                          'block: 1M small str', 'B', tm)
             growth = lambda d: d['hwm1_kb'] - d['rss0_kb']
             rss = {w: stat([(growth(d['traced']) - growth(d['untraced']))
                             * 1024 / n for d in per[w]]) for w in per}
-            self.row('rss', 'peak RSS growth per live block', 'B',
-                     rss['upstream'], rss['fork'],
-                     {'median': rss['fork']['median'] / rss['upstream']['median']})
+            self.pair_row('rss', 'peak RSS growth per live block: 1M small '
+                          'str', 'B', rss)
+            self.heap_shapes()
         if want_snapshot:
             snap = {w: stat([t for d in per[w] for t in d['traced']['snapshot_s']])
                     for w in per}
@@ -888,6 +1494,29 @@ class Bench:
             self.row('snapshot', 'take_snapshot() of 1M traces', 's',
                      snap['upstream'], snap['fork'], stat(ratios),
                      note='%s traces' % ntraces)
+
+    def pair_row(self, key, metric, unit, per, note=''):
+        """A row of {'upstream': stat, 'fork': stat}, with their ratio."""
+        up, fk = per['upstream'], per['fork']
+        self.row(key, metric, unit, up, fk,
+                 {'median': fk['median'] / up['median']}, note=note)
+
+    def heap_shapes(self):
+        """get_tracemalloc_memory() growth per trace for each heap shape,
+        one fresh child per shape, interpreter and round."""
+        rounds = []
+        for r in range(self.args.mem_reps):
+            order = ('fork', 'upstream') if r % 2 == 0 else ('upstream', 'fork')
+            rounds.append({shape: {which: self.child(which, 'heap', {
+                'shape': shape}) for which in order} for shape in HEAP_SHAPES})
+        self.raw['heap'] = rounds
+        for shape, what in HEAP_SHAPES.items():
+            per = {w: stat([(rd[shape][w]['tm1'] - rd[shape][w]['tm0'])
+                            / rd[shape][w]['ntraces'] for rd in rounds])
+                   for w in self.pythons}
+            self.pair_row('tm-shape', 'get_tracemalloc_memory() per trace: '
+                          '%s' % shape, 'B', per, note='%s; %d traces' % (
+                              what, rounds[0][shape]['fork']['ntraces']))
 
     def upstream_child(self, mode, spec):
         """The upstream child's result, or None (with a note) if upstream
@@ -960,8 +1589,8 @@ class Bench:
 
     def scaling(self):
         a = self.args
-        spec = {'names': a.names, 'scale': a.scale * 0.5,
-                'units': 1 if a.quick else 2,
+        names = [n for n in a.names if n not in NOT_IN_SUBINTERPRETERS]
+        spec = {'names': names, 'scale': a.scale * 0.5, 'units': 1,
                 'nmax': a.nmax, 'reps': a.scaling_reps}
         res = {}
         for frames in (1, 0):
@@ -984,17 +1613,54 @@ class Bench:
             c = {w: curve(w, frames) for w in self.pythons}
             note = ('upstream: tracemalloc cannot be imported in an '
                     'isolated subinterpreter' if c['upstream'] is None else '')
-            for n in range(1, a.nmax + 1):
-                thr = {w: stat(c[w][n]) if c[w] else NA for w in c}
-                self.row('throughput', '%d interp%s %s: work units/s' % (
-                    n, 's' if n > 1 else '', label), '/s',
-                    thr['upstream'], thr['fork'], note=note if n == 1 else '')
-            for n in range(2, a.nmax + 1):
-                sp = {w: stat([x / y for x, y in zip(c[w][n], c[w][1])])
-                      if c[w] else NA for w in c}
-                key = 'scaling-%d' % n if frames else 'scaling-ref'
-                self.row(key, 'speedup %d interps vs 1, %s' % (n, label), 'x',
-                         sp['upstream'], sp['fork'])
+            self.curve_rows(c, a.nmax, 'interp', label, 'scaling' if frames
+                            else 'scaling-ref', note)
+
+    def curve_rows(self, c, nmax, what, label, key, note=''):
+        """Throughput rows for N = 1 .. nmax and speedup rows vs N = 1, of
+        c = {python: {N: [samples]} or None (n/a)}."""
+        for n in range(1, nmax + 1):
+            thr = {w: stat(c[w][n]) if c[w] else NA for w in c}
+            self.row('throughput', '%d %s%s %s: work units/s' % (
+                n, what, 's' if n > 1 else '', label), '/s',
+                thr['upstream'], thr['fork'], note=note if n == 1 else '')
+        for n in range(2, nmax + 1):
+            sp = {w: stat([x / y for x, y in zip(c[w][n], c[w][1])])
+                  if c[w] else NA for w in c}
+            self.row(key if key.endswith('-ref') else '%s-%d' % (key, n),
+                     'speedup %d %ss vs 1, %s' % (n, what, label), 'x',
+                     sp['upstream'], sp['fork'])
+
+    def threads(self):
+        """N threads of one interpreter running the suite, traced with 1
+        frame and not: throughput and speedup vs 1 thread."""
+        a = self.args
+        spec = {'names': a.names, 'scale': a.scale * 0.25, 'nmax': 2,
+                'reps': a.scaling_reps}
+        c, par = {}, {}
+        for frames in (1, 0):
+            for which in ('fork', 'upstream'):
+                out = self.child(which, 'threads', dict(spec, frames=frames))
+                if 'error' in out:
+                    raise ChildError('%s, frames=%d:\n%s' % (
+                        which, frames, out['error']))
+                self.raw['threads-%s-%d' % (which, frames)] = out
+                c[frames, which] = {int(n): v for n, v
+                                    in out['throughput'].items()}
+                par[frames, which] = stat(out['cpu_per_wall']['2'])
+        gil = self.raw['threads-fork-1']['gil_enabled']
+        for frames, label in ((1, 'tracing 1 frame'),
+                              (0, 'not tracing (reference)')):
+            self.curve_rows({w: c[frames, w] for w in self.pythons}, 2,
+                            'thread', label, 'threads' if frames
+                            else 'threads-ref',
+                            'the GIL is enabled' if gil else '')
+            self.row('parallelism', '2 threads %s: CPU time / wall time' % (
+                label), 'x', par[frames, 'upstream'], par[frames, 'fork'],
+                note='well below 2x: the threads waited (a lock, the GIL, '
+                'or CPUs taken by other load); near 2x with no speedup: they '
+                'ran but contended (spinning, shared cache lines)'
+                if frames else '')
 
     def run(self):
         a = self.args
@@ -1006,6 +1672,7 @@ class Bench:
                                            'snapshot' in a.sections)),
             ('isolation', self.isolation),
             ('scaling', self.scaling),
+            ('threads', self.threads),
         ]
         for name, func in sections:
             if name == 'memory':
@@ -1068,7 +1735,8 @@ def text_table(rows):
 
 def markdown(bench, meta):
     cells = table_cells(bench.rows)
-    md = ['# tracemalloc benchmark: fork vs upstream', '',
+    md = ['# tracemalloc benchmark: fork vs upstream%s' % (
+              ' (free-threaded builds)' if meta['ft'] else ''), '',
           '- date: %s' % meta['date'],
           '- command: `%s`' % meta['command'],
           '- fork: `%s` — `%s`' % (meta['fork'], meta['fork_version']),
@@ -1077,10 +1745,10 @@ def markdown(bench, meta):
           '- machine: %s, %d CPUs, load average %s at start, %s at end' % (
               meta['platform'], meta['nproc'], meta['loadavg_start'],
               meta['loadavg_end']),
-          '- repetitions: %d (memory %d, scaling %d), workload scale %g, '
-          'wall time %.0f s' % (meta['reps'], meta['mem_reps'],
-                                meta['scaling_reps'], meta['scale'],
-                                meta['elapsed_s']),
+          '- repetitions: %d (upstream overhead pairs %d, memory %d, '
+          'scaling and threads %d), workload scale %g, wall time %.0f s' % (
+              meta['reps'], meta['upstream_pairs'], meta['mem_reps'],
+              meta['scaling_reps'], meta['scale'], meta['elapsed_s']),
           '',
           '| ' + ' | '.join(HEADER) + ' |',
           '|' + '---|' * len(HEADER)]
@@ -1088,9 +1756,11 @@ def markdown(bench, meta):
         md.append('| ' + ' | '.join(v.replace('|', '\\|') for v in c) + ' |')
     md += ['', 'Values are medians ± median absolute deviation.  Overhead = '
            'traced / untraced CPU time in one process (back-to-back pairs); '
-           'memory per block = growth for 1M live str objects / 1M; scaling '
-           '= wall-time throughput of N isolated subinterpreters in N '
-           'threads.  See `Tools/tracemalloc/bench.py --help`.']
+           'memory per block = growth for 1M live str objects / 1M; per '
+           'trace (heap shapes) = growth / traces; scaling = wall-time '
+           'throughput of N isolated subinterpreters in N threads; threads '
+           '= that of N threads of one interpreter.  See '
+           '`Tools/tracemalloc/bench.py --help`.']
     notes = [r for r in bench.rows if r['note'] and r['note'] != 'error']
     if notes or bench.notes or bench.errors:
         md += ['', '## Notes', '']
@@ -1118,7 +1788,9 @@ def loadavg():
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        epilog=__doc__.split('\n\n', 1)[1],
+        epilog=__doc__.split('\n\n', 1)[1] % textwrap.fill(
+            ', '.join(WORKLOAD_NAMES), 76, initial_indent='  ',
+            subsequent_indent='  '),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--fork', required=True, help='the fork interpreter')
     p.add_argument('--upstream', required=True,
@@ -1128,18 +1800,25 @@ def parse_args(argv):
                    '(default: %(default)s)')
     p.add_argument('--quick', action='store_true',
                    help='smoke test: 2 repetitions, smaller workloads')
+    p.add_argument('--ft', action='store_true',
+                   help='the free-threaded builds (make bench-ft): run only '
+                   'the overhead at 1 frame and the threads section, with '
+                   'the targets of the free-threaded build')
     p.add_argument('--reps', type=int,
                    help='repetitions: untraced rounds and overhead pairs '
-                   '(default 5, 2 with --quick)')
+                   '(default 5, 2 with --quick; upstream\'s overhead pairs: '
+                   'at most 3)')
     p.add_argument('--only', metavar='NAME[,NAME...]',
                    help='run only these sections (%s) and/or workloads (%s); '
                    'naming only workloads runs untraced, overhead and scaling '
-                   'with them' % (', '.join(SECTIONS), ', '.join(WORKLOAD_NAMES)))
+                   '(with --ft: overhead and threads) with them' % (
+                       ', '.join(SECTIONS), ', '.join(WORKLOAD_NAMES)))
     a = p.parse_args(argv)
     if a.reps is None:
         a.reps = 2 if a.quick else 5
     if a.reps < 1:
         p.error('--reps must be >= 1')
+    a.upstream_pairs = min(a.reps, 3)
     a.scale = 0.4 if a.quick else 1.0
     a.mem_reps = 1 if a.quick else 3
     a.scaling_reps = 1 if a.quick else 3
@@ -1149,7 +1828,9 @@ def parse_args(argv):
         ncpu = os.cpu_count() or 1
     a.nproc = ncpu
     a.nmax = max(2, ncpu)
-    a.names, a.sections = list(WORKLOAD_NAMES), list(SECTIONS)
+    default = FT_SECTIONS if a.ft else DEFAULT_SECTIONS
+    a.frames = FRAMES[:1] if a.ft else FRAMES
+    a.names, a.sections = list(WORKLOAD_NAMES), list(default)
     if a.only:
         only = [s.strip() for s in a.only.split(',') if s.strip()]
         bad = [s for s in only if s not in SECTIONS + WORKLOAD_NAMES]
@@ -1158,7 +1839,8 @@ def parse_args(argv):
         names = [s for s in only if s in WORKLOAD_NAMES]
         sections = [s for s in only if s in SECTIONS]
         a.names = names or a.names
-        a.sections = sections or ['untraced', 'overhead', 'scaling']
+        a.sections = sections or [s for s in default if s in (
+            'untraced', 'overhead', 'scaling', 'threads')]
     for path in (a.fork, a.upstream):
         if not os.access(path, os.X_OK):
             p.error('not an executable: %s' % path)
@@ -1181,7 +1863,8 @@ def main(argv):
         'driver': sys.version.split()[0],
         'platform': platform.platform(), 'nproc': args.nproc,
         'loadavg_start': loadavg(), 'reps': args.reps,
-        'quick': args.quick,
+        'upstream_pairs': args.upstream_pairs, 'quick': args.quick,
+        'ft': args.ft,
         'mem_reps': args.mem_reps, 'scaling_reps': args.scaling_reps,
         'scale': args.scale, 'workloads': args.names,
         'sections': args.sections, 'clock': 'process_time (scaling: wall)',
