@@ -1727,7 +1727,7 @@ error:
 }
 
 /* Call visit(arg, domain, size, traceback index) for each trace of a
-   table: of the leftovers, off the hot paths. */
+   table: of the leftovers, or of a snapshot being copied. */
 typedef void (*trace_visitor_t)(void *arg, unsigned int domain, size_t size,
                                 uint32_t traceback);
 
@@ -2573,11 +2573,10 @@ interned_put(tm_state_t *state, interned_t *interned)
 typedef struct {
     snapshot_t *snapshot;
     interned_t *interned;
-    unsigned int domain;
 } snapshot_add_t;
 
 static void
-snapshot_add_trace(void *arg, uintptr_t Py_UNUSED(ptr), size_t size,
+snapshot_add_trace(void *arg, unsigned int domain, size_t size,
                    uint32_t traceback)
 {
     snapshot_add_t *args = arg;
@@ -2586,15 +2585,7 @@ snapshot_add_trace(void *arg, uintptr_t Py_UNUSED(ptr), size_t size,
     snapshot_trace_t *trace = &snapshot->traces[snapshot->count++];
     trace->traceback = args->interned->by_index[traceback];
     trace->size = size;
-    trace->domain = args->domain;
-}
-
-static void
-snapshot_add(snapshot_t *snapshot, interned_t *interned, traces_t *traces,
-             unsigned int domain)
-{
-    snapshot_add_t args = {snapshot, interned, domain};
-    traces_foreach(traces, snapshot_add_trace, &args);
+    trace->domain = domain;
 }
 
 static int
@@ -2602,21 +2593,6 @@ count_domain(_Py_hashtable_t *domains, const void *key, const void *value,
              void *user_data)
 {
     *(size_t *)user_data += ((const traces_t *)value)->count;
-    return 0;
-}
-
-typedef struct {
-    snapshot_t *snapshot;
-    interned_t *interned;
-} snapshot_domains_t;
-
-static int
-snapshot_domain(_Py_hashtable_t *domains, const void *key, const void *value,
-                void *user_data)
-{
-    snapshot_domains_t *args = user_data;
-    snapshot_add(args->snapshot, args->interned, (traces_t *)value,
-                 (unsigned int)FROM_PTR(key));
     return 0;
 }
 
@@ -2636,9 +2612,8 @@ snapshot_copy(snapshot_t *snapshot, tm_state_t *state, interned_t *interned)
         return -1;
     }
     snapshot->ntracebacks = interned->nindex;
-    snapshot_add(snapshot, interned, state->traces, DEFAULT_DOMAIN);
-    snapshot_domains_t args = {snapshot, interned};
-    _Py_hashtable_foreach(state->domains, snapshot_domain, &args);
+    snapshot_add_t args = {snapshot, interned};
+    tables_visit(state->traces, state->domains, snapshot_add_trace, &args);
     assert(snapshot->count == count);
     return 0;
 }
