@@ -53,6 +53,16 @@
 #    include <sched.h>            // sched_yield()
 #    include <time.h>             // nanosleep()
 #  endif
+#  if defined(__linux__) && defined(__has_include)
+#    if __has_include(<linux/membarrier.h>)
+#      include <linux/membarrier.h>   // MEMBARRIER_CMD_PRIVATE_EXPEDITED
+#      include <sys/syscall.h>        // __NR_membarrier
+#      include <unistd.h>             // syscall()
+#      ifdef __NR_membarrier
+#        define HAVE_MEMBARRIER
+#      endif
+#    endif
+#  endif
 #endif
 
 _Py_DECLARE_STR(anon_unknown, "<unknown>");
@@ -242,56 +252,281 @@ unlock_state(tm_state_t *state)
 {
     PyMutex_Unlock(&state->mutex);
 }
-#else
-/* The spinlock of the default build: see _PyTraceMalloc_Lock. */
-static inline int
-try_lock_state(tm_state_t *state)
+
+/* The hooks' fast paths: the caller's thread state is attached to the
+   interpreter of state. */
+static inline void
+lock_own_state(tm_state_t *state)
 {
-    int unlocked = 0;
-    return _Py_atomic_compare_exchange_int(&state->mutex.locked, &unlocked, 1);
+    lock_state(state);
 }
 
-/* Wait for the lock: spin a little, then yield the CPU, then sleep, for
-   the holder may be copying a large snapshot. */
+static inline void
+unlock_own_state(tm_state_t *state)
+{
+    unlock_state(state);
+}
+#else
+/* The biased lock of the default build (see _PyTraceMalloc_Lock).
+
+   The owner of a state is the thread attached to its interpreter: it holds
+   the interpreter's GIL, so there is at most one owner at a time, and each
+   sees what the ones before it wrote (the GIL orders them).  Any other
+   thread is an outsider.
+
+   While the lock is biased, the owner enters by storing busy = 1 and then
+   loading biased, with only a compiler barrier between them; it leaves by
+   storing busy = 0 (a release).  An outsider takes the spinlock, clears
+   biased, issues a heavy barrier, and waits until busy reads 0.  This is
+   Dekker's algorithm made asymmetric: the heavy barrier acts as a full
+   fence on every thread running at that moment, so either the owner's
+   busy = 1 is visible to the outsider once the barrier returns, or the
+   owner's load of biased comes after the barrier and reads 0.  An owner
+   that reads 0 clears busy and takes the spinlock instead, as outsiders
+   do; after REBIAS_AFTER such critical sections with no outsider in
+   between, it biases the lock again, holding the spinlock.  A state's
+   lock is thus revoked at most once per REBIAS_AFTER critical sections of
+   its owner, whatever the outsiders do. */
+
+#define REBIAS_AFTER (1 << 14)
+
+#if defined(MS_WINDOWS) && !defined(__clang__)
+#  define compiler_barrier() _ReadWriteBarrier()
+#else
+#  define compiler_barrier() __atomic_signal_fence(__ATOMIC_SEQ_CST)
+#endif
+
+/* 1 if the heavy barrier is available, -1 if not, 0 until asked.  Asking
+   twice is harmless. */
+static int heavy_barrier_state = 0;
+
+static int
+heavy_barrier_available(void)
+{
+    int available = _Py_atomic_load_int_relaxed(&heavy_barrier_state);
+    if (available == 0) {
+#ifdef HAVE_MEMBARRIER
+        available = syscall(__NR_membarrier,
+                            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                            0, 0) == 0 ? 1 : -1;
+#else
+        available = -1;
+#endif
+        _Py_atomic_store_int_relaxed(&heavy_barrier_state, available);
+    }
+    return available > 0;
+}
+
+/* A full memory barrier on every running thread of the process.  Only
+   called once heavy_barrier_available() said yes: a lock is never biased
+   before. */
+static void
+heavy_barrier(void)
+{
+#ifdef HAVE_MEMBARRIER
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+                0, 0) == 0)
+    {
+        return;
+    }
+    /* Not expected once registered; the slow global barrier needs no
+       registration. */
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0) {
+        return;
+    }
+#endif
+    Py_FatalError("tracemalloc: no memory barrier to revoke a biased lock");
+}
+
+/* Wait for a lock word: spin a little, then yield the CPU, then sleep,
+   for the holder may be copying a large snapshot. */
+static void
+backoff(unsigned int attempt)
+{
+    if (attempt < 64) {
+        return;
+    }
+#ifdef MS_WINDOWS
+    Sleep(attempt < 1024 ? 0 : 1);
+#else
+    if (attempt < 1024) {
+        sched_yield();
+    }
+    else {
+        struct timespec pause = {0, 50 * 1000};
+        nanosleep(&pause, NULL);
+    }
+#endif
+}
+
+static inline int
+spin_try_lock(_PyTraceMalloc_Lock *lock)
+{
+    int unlocked = 0;
+    return _Py_atomic_compare_exchange_int(&lock->locked, &unlocked, 1);
+}
+
 static Py_NO_INLINE void
-lock_state_contended(tm_state_t *state)
+spin_lock_contended(_PyTraceMalloc_Lock *lock)
 {
     for (unsigned int attempt = 0; ; attempt++) {
-        if (_Py_atomic_load_int_relaxed(&state->mutex.locked) == 0
-            && try_lock_state(state))
+        if (_Py_atomic_load_int_relaxed(&lock->locked) == 0
+            && spin_try_lock(lock))
         {
             return;
         }
-        if (attempt < 64) {
-            continue;
-        }
-#ifdef MS_WINDOWS
-        Sleep(attempt < 1024 ? 0 : 1);
-#else
-        if (attempt < 1024) {
-            sched_yield();
-        }
-        else {
-            struct timespec pause = {0, 50 * 1000};
-            nanosleep(&pause, NULL);
-        }
-#endif
+        backoff(attempt);
     }
+}
+
+static inline void
+spin_lock(_PyTraceMalloc_Lock *lock)
+{
+    if (!spin_try_lock(lock)) {
+        spin_lock_contended(lock);
+    }
+}
+
+static inline void
+spin_unlock(_PyTraceMalloc_Lock *lock)
+{
+    assert(_Py_atomic_load_int_relaxed(&lock->locked) == 1);
+    _Py_atomic_store_int_release(&lock->locked, 0);
+}
+
+/* Does this thread own state (see above)? */
+static inline int
+is_owner(tm_state_t *state)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    return tstate != NULL && &tstate->interp->tracemalloc == state;
+}
+
+/* Enter through the bias if the lock has it: return 1 if so. */
+static inline int
+owner_enter_biased(_PyTraceMalloc_Lock *lock)
+{
+    _Py_atomic_store_int_relaxed(&lock->busy, 1);
+    compiler_barrier();     /* the light side of the barrier */
+    if (_Py_atomic_load_int_relaxed(&lock->biased)) {
+        return 1;
+    }
+    _Py_atomic_store_int_relaxed(&lock->busy, 0);
+    return 0;
+}
+
+/* The owner holds the spinlock: bias the lock again if outsiders have
+   left it alone long enough. */
+static inline void
+owner_locked(_PyTraceMalloc_Lock *lock)
+{
+    lock->owner_locked = 1;
+    if (++lock->unbiased_runs >= REBIAS_AFTER) {
+        lock->unbiased_runs = 0;
+        if (heavy_barrier_available()) {
+            _Py_atomic_store_int_relaxed(&lock->biased, 1);
+        }
+    }
+}
+
+static inline void
+lock_own_state(tm_state_t *state)
+{
+    _PyTraceMalloc_Lock *lock = &state->mutex;
+    assert(is_owner(state));
+    assert(!lock->busy && !lock->owner_locked);
+    if (!owner_enter_biased(lock)) {
+        spin_lock(lock);
+        owner_locked(lock);
+    }
+}
+
+static inline void
+unlock_own_state(tm_state_t *state)
+{
+    _PyTraceMalloc_Lock *lock = &state->mutex;
+    assert(is_owner(state));
+    if (lock->owner_locked) {
+        lock->owner_locked = 0;
+        spin_unlock(lock);
+    }
+    else {
+        assert(lock->busy);
+        _Py_atomic_store_int_release(&lock->busy, 0);
+    }
+}
+
+/* Take the spinlock and revoke the bias; return 0 instead of waiting if
+   wait is 0 and the lock is held. */
+static int
+outsider_lock(_PyTraceMalloc_Lock *lock, int wait)
+{
+    if (wait) {
+        spin_lock(lock);
+    }
+    else if (!spin_try_lock(lock)) {
+        return 0;
+    }
+    lock->unbiased_runs = 0;
+    if (_Py_atomic_load_int_relaxed(&lock->biased)) {
+        _Py_atomic_store_int_relaxed(&lock->biased, 0);
+        heavy_barrier();
+    }
+    /* An owner that entered through the bias before it was revoked */
+    for (unsigned int attempt = 0;
+         _Py_atomic_load_int_acquire(&lock->busy); attempt++)
+    {
+        if (!wait) {
+            spin_unlock(lock);
+            return 0;
+        }
+        backoff(attempt);
+    }
+    return 1;
 }
 
 static inline void
 lock_state(tm_state_t *state)
 {
-    if (!try_lock_state(state)) {
-        lock_state_contended(state);
+    if (is_owner(state)) {
+        lock_own_state(state);
+    }
+    else {
+        (void)outsider_lock(&state->mutex, 1);
     }
 }
 
 static inline void
 unlock_state(tm_state_t *state)
 {
-    assert(_Py_atomic_load_int_relaxed(&state->mutex.locked) == 1);
-    _Py_atomic_store_int_release(&state->mutex.locked, 0);
+    if (is_owner(state)) {
+        unlock_own_state(state);
+    }
+    else {
+        spin_unlock(&state->mutex);
+    }
+}
+
+/* For the fatal error paths, where this thread may have crashed inside
+   a critical section: never waits. */
+static int
+try_lock_state(tm_state_t *state)
+{
+    _PyTraceMalloc_Lock *lock = &state->mutex;
+    if (!is_owner(state)) {
+        return outsider_lock(lock, 0);
+    }
+    if (lock->busy || lock->owner_locked) {
+        return 0;
+    }
+    if (owner_enter_biased(lock)) {
+        return 1;
+    }
+    if (!spin_try_lock(lock)) {
+        return 0;
+    }
+    lock->owner_locked = 1;
+    return 1;
 }
 #endif
 
@@ -712,14 +947,26 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
 }
 
 
-/* remove_trace() with the state's mutex taken and released. */
+/* remove_trace() with the state's mutex taken and released; own says
+   that the caller's thread state is attached to the interpreter of state
+   (see lock_own_state()). */
 static inline Py_ALWAYS_INLINE int
-remove_trace_locked(tm_state_t *state, unsigned int domain, uintptr_t ptr,
-                    dropped_t *dropped)
+remove_trace_locked(tm_state_t *state, int own, unsigned int domain,
+                    uintptr_t ptr, dropped_t *dropped)
 {
-    lock_state(state);
+    if (own) {
+        lock_own_state(state);
+    }
+    else {
+        lock_state(state);
+    }
     int found = remove_trace(state, domain, ptr, dropped);
-    unlock_state(state);
+    if (own) {
+        unlock_own_state(state);
+    }
+    else {
+        unlock_state(state);
+    }
     return found;
 }
 
@@ -923,11 +1170,11 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
         return 0;
     }
     int res = 0;
-    lock_state(state);
+    lock_own_state(state);
     if (state->tracing) {
         res = add_trace(state, tstate, 1, domain, ptr, size);
     }
-    unlock_state(state);
+    unlock_own_state(state);
     return res;
 }
 
@@ -947,13 +1194,13 @@ untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
     if (own == NULL) {
         own = unattached_owner(NULL);
         if (own != NULL) {
-            found = remove_trace_locked(own, domain, ptr, dropped);
+            found = remove_trace_locked(own, 0, domain, ptr, dropped);
         }
     }
     for (Py_ssize_t i = 0; i < runtime_state.ntracing && !found; i++) {
         tm_state_t *state = runtime_state.tracing[i];
         if (state != own) {
-            found = remove_trace_locked(state, domain, ptr, dropped);
+            found = remove_trace_locked(state, 0, domain, ptr, dropped);
         }
     }
     if (!found && runtime_state.leftovers != NULL) {
@@ -978,7 +1225,7 @@ untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
     tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
     uint32_t own_tag = OWNER_NONE;
     if (own != NULL && state_is_tracing(own)) {
-        int found = remove_trace_locked(own, domain, ptr, dropped);
+        int found = remove_trace_locked(own, 1, domain, ptr, dropped);
         if (found || only_tracer(own)) {
             return found;
         }
@@ -2123,7 +2370,7 @@ reinit_state_lock(tm_state_t *state)
 #ifdef Py_GIL_DISABLED
     _PyMutex_at_fork_reinit(&state->mutex);
 #else
-    state->mutex.locked = 0;
+    state->mutex = (_PyTraceMalloc_Lock){0};
 #endif
 }
 
@@ -2178,6 +2425,20 @@ uint64_t
 _PyTraceMalloc_GetLookupsElsewhere(void)
 {
     return _Py_atomic_load_uint64_relaxed(&runtime_state.lookups_elsewhere);
+}
+
+int
+_PyTraceMalloc_LockBiasedForTesting(void)
+{
+#ifdef Py_GIL_DISABLED
+    return -1;
+#else
+    if (!heavy_barrier_available()) {
+        return -1;
+    }
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    return _Py_atomic_load_int_relaxed(&state->mutex.biased);
+#endif
 }
 
 
@@ -2256,7 +2517,7 @@ retrace_object(uintptr_t ptr)
     }
 
     int res = -1;
-    lock_state(state);
+    lock_own_state(state);
     if (state->tracing) {
         size_t size, old_size;
         uint32_t old_traceback;
@@ -2272,7 +2533,7 @@ retrace_object(uintptr_t ptr)
         }
         /* else: cannot track the object, its memory block size is unknown */
     }
-    unlock_state(state);
+    unlock_own_state(state);
     return res;
 }
 

@@ -90,20 +90,41 @@ struct tracemalloc_interned {
 };
 
 
-/* The lock of one interpreter's tables (lock 3 above).  In the default
-   build, the interpreter's own threads take it one at a time, since they
-   hold its GIL; only threads from outside (with no thread state, or of
-   another interpreter freeing one of its blocks) can contend with them, and
-   nobody holds it long.  A spinlock then does, and it is released with a
-   plain store, where PyMutex_Unlock() needs an atomic compare-and-exchange
-   to learn whether a waiter is parked: that is a third of the cost of the
-   lock, taken on every allocation and free.  The free-threaded build, whose
-   threads do contend, uses a PyMutex. */
+/* The lock of one interpreter's tables (lock 3 above).
+
+   The free-threaded build, whose threads contend, uses a PyMutex.
+
+   In the default build, the interpreter's own threads take it one at a
+   time, since they hold its GIL; only threads from outside (with no thread
+   state, or of another interpreter freeing one of its blocks) can contend
+   with them, and seldom do.  The lock is biased towards the GIL holder
+   ("the owner"), which then enters with plain stores and loads: the atomic
+   compare-and-exchange of a spinlock was a third of the cost of tracing a
+   block.  A thread from outside revokes the bias first, which costs it a
+   process-wide memory barrier (membarrier() on Linux); the owner takes
+   the spinlock too until it biases the lock again, after REBIAS_AFTER
+   critical sections of its own.  Python/tracemalloc.c gives the protocol.
+   Where the barrier is not available, the lock is never biased. */
 #ifdef Py_GIL_DISABLED
 typedef PyMutex _PyTraceMalloc_Lock;
 #else
 typedef struct {
+    /* The spinlock: held by a thread from outside, or by the owner while
+       the lock is not biased.  Taken with an atomic compare-and-exchange. */
     int locked;
+    /* Non-zero while the lock is biased: the owner enters by setting busy.
+       Set by the owner and cleared by an outsider, both holding locked. */
+    int biased;
+    /* Non-zero while the owner is in a critical section entered without
+       the spinlock.  Written by the owner only; an outsider that revoked
+       the bias waits until it reads 0. */
+    int busy;
+    /* Non-zero while the owner holds locked.  Read and written by the
+       owner only (its GIL protects it). */
+    int owner_locked;
+    /* Critical sections the owner entered with the spinlock since the
+       bias was revoked.  Protected by locked. */
+    unsigned int unbiased_runs;
 } _PyTraceMalloc_Lock;
 #endif
 
@@ -318,9 +339,11 @@ extern void _PyTraceMalloc_AfterFork_Child(void);
 
 /* For _testinternalcapi: take or release the lock of the registry of
    tracing interpreters (with no thread state needed), and read how many
-   untracks looked beyond the calling interpreter. */
+   untracks looked beyond the calling interpreter, and whether the lock of
+   the calling interpreter's tables is biased (-1: it never is here). */
 PyAPI_FUNC(void) _PyTraceMalloc_LockRegistryForTesting(int lock);
 PyAPI_FUNC(uint64_t) _PyTraceMalloc_GetLookupsElsewhere(void);
+PyAPI_FUNC(int) _PyTraceMalloc_LockBiasedForTesting(void);
 
 /* For _testinternalcapi: the traces table of Python/tracemalloc_table.h
    on its own.  Set, get and pop return as traces_set(), traces_get() and

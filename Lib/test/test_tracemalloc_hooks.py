@@ -6,6 +6,8 @@
 - Over PyMem's debug hooks (-X dev), a damaged block is reported with the
   traceback where it was allocated.
 - PyTraceMalloc_Track() takes any address, the highest one included.
+- In the default build, the lock of an interpreter's tables is biased
+  towards the thread holding its GIL, and threads from outside revoke it.
 - fork() while another thread holds a lock of tracemalloc.
 """
 
@@ -245,6 +247,54 @@ class TestHighestAddress(TracingMainTestCase):
         rc = _testinternalcapi.tracemalloc_untrack_rc(0, HIGHEST)
         self.assertEqual(rc, 0)
         self.assertIsNone(get_traceback(0, HIGHEST))
+
+
+class TestBiasedLock(TracingMainTestCase):
+    """The lock of the main interpreter's tables is biased towards the
+    thread that holds the GIL while nobody from outside takes it."""
+
+    def setUp(self):
+        if _testinternalcapi.tracemalloc_lock_biased() is None:
+            self.skipTest("the lock is never biased in this build")
+        super().setUp()
+
+    def bias(self):
+        # Many more critical sections than the owner needs to bias it
+        for _ in range(4):
+            data = [str(i) for i in range(20_000)]
+            del data
+        return _testinternalcapi.tracemalloc_lock_biased()
+
+    def test_lock_is_biased_while_nobody_else_takes_it(self):
+        self.assertTrue(self.bias())
+
+    def test_untrack_from_c_thread_revokes_bias(self):
+        ptr = 0x5eed0000
+        get_traceback = _testinternalcapi._PyTraceMalloc_GetTraceback
+        rc = _testinternalcapi.tracemalloc_track_rc(DOMAIN, ptr, 10)
+        self.assertEqual(rc, 0)
+        self.assertTrue(self.bias())
+        # A bare C thread, with no thread state, is an outsider.
+        rc = _testinternalcapi.tracemalloc_untrack_rc(DOMAIN, ptr, 2)
+        self.assertEqual(rc, 0)
+        self.assertFalse(_testinternalcapi.tracemalloc_lock_biased())
+        self.assertIsNone(get_traceback(DOMAIN, ptr))
+        # ... and the owner biases it again once left alone.
+        self.assertTrue(self.bias())
+
+    def test_free_by_sub_revokes_bias(self):
+        ptr = _testinternalcapi.tracemalloc_raw_malloc(1000)
+        self.assertTrue(self.bias())
+        sub = new_interp(self, 'isolated')
+        run_in(sub, f"""
+            import _testinternalcapi
+            _testinternalcapi.tracemalloc_raw_free({ptr})
+            """)
+        self.assertFalse(_testinternalcapi.tracemalloc_lock_biased())
+        get_traceback = _testinternalcapi._PyTraceMalloc_GetTraceback
+        self.assertIsNone(get_traceback(0, ptr))
+        traced, total = traced_totals()
+        self.assertEqual(traced, total)
 
 
 @support.requires_fork()
