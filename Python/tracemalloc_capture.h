@@ -312,7 +312,49 @@ grow_capture_buffers(capture_cache_t *cache)
     return 0;
 }
 
-/* Walk the frames of tstate: store the keys of the first max_nframe in
+/* The shim frame that CALL_ALLOC_AND_ENTER_INIT pushes under the frame of
+   an __init__ method: never complete. */
+extern const struct _PyCode_DEF(8) _Py_InitCleanup;
+
+/* The number of complete frames from pyframe (complete, or NULL) down,
+   added to count, up to UINT16_MAX.
+
+   The frames below those of a traceback are only counted, and there are
+   many in a deep stack, where the limit is mostly 1 frame: counting them
+   as _PyFrame_GetFirstComplete() does, which reads the code object of
+   each frame, costs more than the rest of the capture.  Below the first
+   complete frame, a frame can only be incomplete if it is an entry frame
+   of the C stack or an __init__ shim: no Python code runs on top of a
+   frame that has not reached its RESUME.  So they are told apart by
+   reading the frames alone.  The debug build checks the count against
+   the walk. */
+static inline int
+count_frames(_PyInterpreterFrame *pyframe, int count)
+{
+    const void *shim = &_Py_InitCleanup;
+    for (; pyframe != NULL && count < UINT16_MAX;
+         pyframe = pyframe->previous)
+    {
+        count += (pyframe->owner != FRAME_OWNED_BY_CSTACK
+                  && pyframe->f_executable != shim);
+    }
+    return count;
+}
+
+#ifndef NDEBUG
+static int
+walk_frames(_PyInterpreterFrame *pyframe, int count)
+{
+    for (; pyframe != NULL && count < UINT16_MAX;
+         pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
+    {
+        count++;
+    }
+    return count;
+}
+#endif
+
+/* Read the frames of tstate: store the keys of the first max_nframe in
    cache->keys, and return the number stored, or -1 on memory error;
    *total gets the number of frames, up to UINT16_MAX, and *hash the hash
    of the whole key. */
@@ -320,31 +362,30 @@ static inline int
 capture_keys(PyThreadState *tstate, capture_cache_t *cache,
              int *total, uint64_t *hash)
 {
-    int nframe = 0, count = 0;
+    int nframe = 0;
     int max_nframe = cache->max_nframe;
     frame_key_t *keys = cache->keys;
     uint64_t h = 0;
     _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
-    for (; pyframe != NULL && count < UINT16_MAX;
+    for (; pyframe != NULL && nframe < max_nframe;
          pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
     {
-        if (nframe < max_nframe) {
-            if (nframe == cache->capacity) {
-                if (grow_capture_buffers(cache) < 0) {
-                    return -1;
-                }
-                keys = cache->keys;
+        if (nframe == cache->capacity) {
+            if (grow_capture_buffers(cache) < 0) {
+                return -1;
             }
-            PyCodeObject *code = _PyFrame_GetCode(pyframe);
-            int lasti = _PyInterpreterFrame_LASTI(pyframe);
-            keys[nframe].code = code;
-            keys[nframe].lasti = lasti;
-            h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
-                * UINT64_C(0x9E3779B97F4A7C15);
-            nframe++;
+            keys = cache->keys;
         }
-        count++;
+        PyCodeObject *code = _PyFrame_GetCode(pyframe);
+        int lasti = _PyInterpreterFrame_LASTI(pyframe);
+        keys[nframe].code = code;
+        keys[nframe].lasti = lasti;
+        h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
+            * UINT64_C(0x9E3779B97F4A7C15);
+        nframe++;
     }
+    int count = count_frames(pyframe, nframe);
+    assert(count == walk_frames(pyframe, nframe));
     *total = count;
     *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
     return nframe;
