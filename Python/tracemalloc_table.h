@@ -19,7 +19,9 @@
    no key to compare and no probing.  An allocation or a free costs a look
    up of the leaf and one store, and the traces of neighbouring blocks
    share cache lines.  The leaves are found through an open addressing
-   table of windows (the last one found is remembered).  A leaf that
+   table of windows, behind a small direct mapped cache of the windows
+   used recently: the blocks of a program come from a few pymalloc pools
+   at a time, one per size class.  A leaf that
    empties stays where it is, for the blocks allocated there next, until
    the window table is rebuilt, for want of room or once most leaves are
    empty (a burst of blocks was freed), which drops the empty leaves and
@@ -87,6 +89,7 @@
 #define LEAF_MIN_TRACES 4           /* fewer, and a rebuild spills them */
 #define DEMOTE_MIN_WINDOWS 1024     /* in a table of at least this many leaves */
 #define SPILLED_BITS 10             /* counters of spilled traces */
+#define RECENT_BITS 5               /* windows in the cache of recent ones */
 
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
@@ -127,10 +130,9 @@ typedef struct {
 struct tracemalloc_traces {
     /* Non-zero if the owner map counts the traces of the table. */
     int counted;
-    /* The leaf used last and its window (0 if none): the next block is
-       mostly in the same window. */
-    uintptr_t last_window;
-    leaf_t *last_leaf;
+    /* The leaves of windows used recently, direct mapped by
+       recent_index(), window 0 if none: a cache of windows. */
+    window_slot_t recent[1 << RECENT_BITS];
     window_slot_t *windows;     /* NULL until the first leaf */
     uint32_t windows_capacity;  /* a power of two, or 0 */
     uint32_t nwindows;          /* empty leaves included */
@@ -555,7 +557,22 @@ window_home(uintptr_t window, uint32_t capacity)
            & (capacity - 1);
 }
 
-/* The leaf of a window, or NULL; it becomes the last one used. */
+/* Where a window goes in traces->recent: its place in its pool of 16 KiB
+   (32 windows), mixed with the pool's number, so that the current pools
+   of several size classes seldom evict each other. */
+static inline uint32_t
+recent_index(uintptr_t window)
+{
+    return (uint32_t)(window ^ (window >> 5)) & ((1 << RECENT_BITS) - 1);
+}
+
+static inline void
+remember_leaf(traces_t *traces, uintptr_t window, leaf_t *leaf)
+{
+    traces->recent[recent_index(window)] = (window_slot_t){window, leaf};
+}
+
+/* The leaf of a window, or NULL; it is remembered as a recent one. */
 static leaf_t *
 find_leaf(traces_t *traces, uintptr_t window)
 {
@@ -568,8 +585,7 @@ find_leaf(traces_t *traces, uintptr_t window)
     {
         window_slot_t *slot = &traces->windows[i];
         if (slot->window == window) {
-            traces->last_window = window;
-            traces->last_leaf = slot->leaf;
+            remember_leaf(traces, window, slot->leaf);
             return slot->leaf;
         }
         if (slot->window == 0) {
@@ -680,8 +696,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
     traces->windows = windows;
     traces->windows_capacity = (uint32_t)capacity;
     traces->nwindows = live;
-    traces->last_window = 0;
-    traces->last_leaf = NULL;
+    memset(traces->recent, 0, sizeof(traces->recent));
     return 0;
 }
 
@@ -692,8 +707,8 @@ windows_rebuild(traces_t *traces)
     return windows_rebuild_ex(traces, 0);
 }
 
-/* Add an empty leaf for a window that has none: it becomes the last one
-   used.  Return NULL on memory error. */
+/* Add an empty leaf for a window that has none: it is remembered as a
+   recent one.  Return NULL on memory error. */
 static leaf_t *
 add_leaf(traces_t *traces, uintptr_t window)
 {
@@ -711,8 +726,7 @@ add_leaf(traces_t *traces, uintptr_t window)
     windows_put(traces->windows, traces->windows_capacity,
                 (window_slot_t){window, leaf});
     traces->nwindows++;
-    traces->last_window = window;
-    traces->last_leaf = leaf;
+    remember_leaf(traces, window, leaf);
     return leaf;
 }
 
@@ -721,8 +735,9 @@ static inline leaf_t *
 leaf_of(traces_t *traces, uintptr_t ptr)
 {
     uintptr_t window = window_of(ptr);
-    if (window == traces->last_window) {
-        return traces->last_leaf;
+    window_slot_t *recent = &traces->recent[recent_index(window)];
+    if (recent->window == window) {
+        return recent->leaf;
     }
     return find_leaf(traces, window);
 }
@@ -887,7 +902,7 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
 }
 
 /* Start loading what traces_set() will need for a block: the window table
-   slot of its leaf, if it is not the last one used, or its spill slot.
+   slot of its leaf, if it is not a recent one, or its spill slot.
    The cache miss can then overlap the capture of the traceback. */
 static inline void
 traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
@@ -902,7 +917,9 @@ traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
         return;
     }
     uintptr_t window = window_of(ptr);
-    if (window != traces->last_window && traces->windows_capacity != 0) {
+    if (traces->recent[recent_index(window)].window != window
+        && traces->windows_capacity != 0)
+    {
         __builtin_prefetch(
             &traces->windows[window_home(window, traces->windows_capacity)]);
     }
