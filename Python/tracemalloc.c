@@ -770,20 +770,9 @@ hashtable_new(_Py_hashtable_hash_func hash_func,
 }
 
 
-static Py_uhash_t
-hashtable_hash_traceback(const void *key)
-{
-    const traceback_t *traceback = (const traceback_t *)key;
-    return traceback->hash;
-}
-
-
 static int
-hashtable_compare_traceback(const void *key1, const void *key2)
+traceback_equal(const traceback_t *traceback1, const traceback_t *traceback2)
 {
-    const traceback_t *traceback1 = (const traceback_t *)key1;
-    const traceback_t *traceback2 = (const traceback_t *)key2;
-
     if (traceback1->nframe != traceback2->nframe) {
         return 0;
     }
@@ -3106,7 +3095,7 @@ state_memory(tm_state_t *state)
     size_t size = 0;
     if (state->tracing) {
         interned_t *interned = state->interned;
-        size = _Py_hashtable_size(interned->tracebacks);
+        size = interned->tracebacks_capacity * sizeof(uint32_t);
         size += _Py_hashtable_size(interned->filenames);
         size += interned->index_capacity * sizeof(traceback_t *);
         size += traces_memory(state->traces);

@@ -38,6 +38,8 @@
 #define MAX_CACHED_NFRAME 64
 /* The capture buffers start with room for this many frames. */
 #define MIN_CAPTURE_FRAMES 16
+/* Slots of the set of interned tracebacks, at first (a power of two) */
+#define MIN_INTERNED_CAPACITY 64
 
 typedef struct {
     PyCodeObject *code;
@@ -110,18 +112,16 @@ interned_new(void)
     interned->filenames = hashtable_new(hashtable_hash_pyobject,
                                         hashtable_compare_unicode,
                                         tracemalloc_clear_filename, NULL);
-    interned->tracebacks = hashtable_new(hashtable_hash_traceback,
-                                         hashtable_compare_traceback,
-                                         raw_free, NULL);
+    interned->tracebacks_capacity = MIN_INTERNED_CAPACITY;
+    interned->tracebacks = raw_calloc(MIN_INTERNED_CAPACITY,
+                                      sizeof(uint32_t));
     if (interned->filenames == NULL || interned->tracebacks == NULL
         || interned->by_index == NULL)
     {
         if (interned->filenames != NULL) {
             _Py_hashtable_destroy(interned->filenames);
         }
-        if (interned->tracebacks != NULL) {
-            _Py_hashtable_destroy(interned->tracebacks);
-        }
+        raw_free(interned->tracebacks);
         raw_free(interned->by_index);
         raw_free(interned);
         return NULL;
@@ -151,7 +151,11 @@ interned_destroy(interned_t *interned)
     if (interned == NULL) {
         return;
     }
-    _Py_hashtable_destroy(interned->tracebacks);
+    /* by_index[0] is the empty traceback, which is static */
+    for (uint32_t i = 1; i < interned->nindex; i++) {
+        raw_free(interned->by_index[i]);
+    }
+    raw_free(interned->tracebacks);
     _Py_hashtable_destroy(interned->filenames);
     raw_free(interned->by_index);
     raw_free(interned);
@@ -223,7 +227,7 @@ traceback_hash(traceback_t *traceback)
     frame = traceback->frames;
     while (--len >= 0) {
         /* Interned filenames are equal only if they are the same object
-           (hashtable_compare_traceback() compares them so) */
+           (traceback_equal() compares them so) */
         y = Py_HashPointer(frame->filename);
         y ^= (Py_uhash_t)frame->lineno;
         frame++;
@@ -485,14 +489,73 @@ forget_cached_tracebacks(capture_cache_t *cache)
 }
 
 
+/* The first slot to probe for a traceback hash in the set of a capacity. */
+static inline uint32_t
+interned_set_home(Py_uhash_t hash, uint32_t capacity)
+{
+    return (uint32_t)(((uint64_t)hash * UINT64_C(0x9E3779B97F4A7C15)) >> 32)
+           & (capacity - 1);
+}
+
+/* Put an index in a set that has room and does not hold it. */
+static void
+interned_set_put(uint32_t *slots, uint32_t capacity, traceback_t **by_index,
+                 uint32_t index)
+{
+    uint32_t i = interned_set_home(by_index[index]->hash, capacity);
+    while (slots[i] != 0) {
+        i = (i + 1) & (capacity - 1);
+    }
+    slots[i] = index;
+}
+
+/* Make room in the set of interned tracebacks for one more. */
+static int
+interned_set_reserve(interned_t *interned)
+{
+    /* nindex - 1 tracebacks are in the set, nindex with the new one */
+    uint64_t capacity = interned->tracebacks_capacity;
+    if ((uint64_t)interned->nindex * 4 <= capacity * 3) {
+        return 0;
+    }
+    capacity *= 2;
+    if (capacity > UINT32_MAX) {
+        return -1;
+    }
+    uint32_t *slots = raw_calloc((size_t)capacity, sizeof(uint32_t));
+    if (slots == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 1; i < interned->nindex; i++) {
+        interned_set_put(slots, (uint32_t)capacity, interned->by_index, i);
+    }
+    raw_free(interned->tracebacks);
+    interned->tracebacks = slots;
+    interned->tracebacks_capacity = (uint32_t)capacity;
+    return 0;
+}
+
+/* The interned traceback equal to traceback, interned now if there was
+   none (a copy: traceback is the capture buffer), or NULL on memory
+   error. */
 static traceback_t *
 intern_traceback(interned_t *interned, traceback_t *traceback)
 {
     traceback->hash = traceback_hash(traceback);
-    _Py_hashtable_entry_t *entry = _Py_hashtable_get_entry(
-        interned->tracebacks, traceback);
-    if (entry != NULL) {
-        return (traceback_t *)entry->key;
+    uint32_t capacity = interned->tracebacks_capacity;
+    uint32_t i = interned_set_home(traceback->hash, capacity);
+    for (uint32_t index; (index = interned->tracebacks[i]) != 0;
+         i = (i + 1) & (capacity - 1))
+    {
+        traceback_t *interned_traceback = interned->by_index[index];
+        if (interned_traceback->hash == traceback->hash
+            && traceback_equal(interned_traceback, traceback))
+        {
+            return interned_traceback;
+        }
+    }
+    if (interned_set_reserve(interned) < 0) {
+        return NULL;
     }
     size_t traceback_size = TRACEBACK_SIZE(traceback->nframe);
     traceback_t *copy = raw_malloc(traceback_size);
@@ -504,11 +567,8 @@ intern_traceback(interned_t *interned, traceback_t *traceback)
         raw_free(copy);
         return NULL;
     }
-    if (_Py_hashtable_set(interned->tracebacks, copy, NULL) < 0) {
-        interned->nindex--;
-        raw_free(copy);
-        return NULL;
-    }
+    interned_set_put(interned->tracebacks, interned->tracebacks_capacity,
+                     interned->by_index, copy->index);
     return copy;
 }
 

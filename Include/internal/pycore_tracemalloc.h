@@ -77,9 +77,13 @@ struct tracemalloc_interned {
     /* Owners: the interpreter state, plus each conversion in progress.
        Protected by the interpreter's mutex. */
     Py_ssize_t refcnt;
-    /* traceback_t* => NULL (a set).  Protected by the interpreter's mutex
+    /* The set of the interned tracebacks: their indexes in by_index, in
+       an open addressing table of tracebacks_capacity slots (a power of
+       two, at most 3/4 full), 0 in an empty one.  Index 0, the empty
+       traceback, is never in it.  Protected by the interpreter's mutex
        while the interpreter state owns it; immutable once it does not. */
-    _Py_hashtable_t *tracebacks;
+    uint32_t *tracebacks;
+    uint32_t tracebacks_capacity;
     /* filename (str) => NULL (a set holding a strong reference to each
        filename).  Same protection as tracebacks. */
     _Py_hashtable_t *filenames;
