@@ -320,43 +320,58 @@ grow_capture_buffers(capture_cache_t *cache)
    an __init__ method: never complete. */
 extern const struct _PyCode_DEF(8) _Py_InitCleanup;
 
-/* The number of complete frames from pyframe (complete, or NULL) down,
-   added to count, up to UINT16_MAX.
+/* Is a frame below the first complete one of its thread complete?
 
-   The frames below those of a traceback are only counted, and there are
-   many in a deep stack, where the limit is mostly 1 frame: counting them
-   as _PyFrame_GetFirstComplete() does, which reads the code object of
-   each frame, costs more than the rest of the capture.  Below the first
-   complete frame, a frame can only be incomplete if it is an entry frame
-   of the C stack or an __init__ shim: no Python code runs on top of a
-   frame that has not reached its RESUME.  So they are told apart by
-   reading the frames alone.  The debug build checks the count against
-   the walk. */
+   Telling whether a frame is complete, as _PyFrame_GetFirstComplete()
+   does, reads its code object; a capture does it for every frame of the
+   thread, to count them all (total_nframe), and in a deep stack that cost
+   more than the rest of the capture.  Below the first complete frame,
+   though, a frame can only be incomplete if it is an entry frame of the C
+   stack or an __init__ shim: no Python code runs on top of a frame that
+   has not reached its RESUME.  So the frame alone tells.  The debug build
+   checks it against _PyFrame_GetFirstComplete() on every capture. */
+static inline int
+complete_below_top(_PyInterpreterFrame *pyframe)
+{
+    return (pyframe->owner != FRAME_OWNED_BY_CSTACK
+            && pyframe->f_executable != (PyObject *)&_Py_InitCleanup);
+}
+
+/* _PyFrame_GetFirstComplete() below the first complete frame. */
+static inline _PyInterpreterFrame *
+next_complete(_PyInterpreterFrame *pyframe)
+{
+#ifndef NDEBUG
+    _PyInterpreterFrame *expected = _PyFrame_GetFirstComplete(pyframe);
+#endif
+    while (pyframe != NULL && !complete_below_top(pyframe)) {
+        pyframe = pyframe->previous;
+    }
+    assert(pyframe == expected);
+    return pyframe;
+}
+
+/* The number of frames from pyframe (complete, or NULL) down, below the
+   first complete frame of its thread, added to count, up to UINT16_MAX. */
 static inline int
 count_frames(_PyInterpreterFrame *pyframe, int count)
 {
-    const void *shim = &_Py_InitCleanup;
+#ifndef NDEBUG
+    int expected = count;
+    for (_PyInterpreterFrame *f = pyframe; f != NULL && expected < UINT16_MAX;
+         f = _PyFrame_GetFirstComplete(f->previous))
+    {
+        expected++;
+    }
+#endif
     for (; pyframe != NULL && count < UINT16_MAX;
          pyframe = pyframe->previous)
     {
-        count += (pyframe->owner != FRAME_OWNED_BY_CSTACK
-                  && pyframe->f_executable != shim);
+        count += complete_below_top(pyframe);
     }
+    assert(count == expected);
     return count;
 }
-
-#ifndef NDEBUG
-static int
-walk_frames(_PyInterpreterFrame *pyframe, int count)
-{
-    for (; pyframe != NULL && count < UINT16_MAX;
-         pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
-    {
-        count++;
-    }
-    return count;
-}
-#endif
 
 /* Read the frames of tstate: store the keys of the first max_nframe in
    cache->keys, and return the number stored, or -1 on memory error;
@@ -372,7 +387,7 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
     uint64_t h = 0;
     _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
     for (; pyframe != NULL && nframe < max_nframe;
-         pyframe = _PyFrame_GetFirstComplete(pyframe->previous))
+         pyframe = next_complete(pyframe->previous))
     {
         if (nframe == cache->capacity) {
             if (grow_capture_buffers(cache) < 0) {
@@ -389,7 +404,6 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
         nframe++;
     }
     int count = count_frames(pyframe, nframe);
-    assert(count == walk_frames(pyframe, nframe));
     *total = count;
     *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
     return nframe;
