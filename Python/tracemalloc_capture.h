@@ -41,9 +41,11 @@
 /* Slots of the set of interned tracebacks, at first (a power of two) */
 #define MIN_INTERNED_CAPACITY 64
 
+/* The key of a frame.  lasti is as wide as a pointer, so that comparing
+   two keys is comparing two pairs of words. */
 typedef struct {
     PyCodeObject *code;
-    int lasti;
+    intptr_t lasti;
 } frame_key_t;
 
 /* A frame's line number and interned filename, by (code object,
@@ -281,11 +283,11 @@ cached_frame(capture_cache_t *cache, interned_t *interned, frame_key_t key,
         entry = &cache->lines[h & (cache->nlines - 1)];
     }
     int lineno = PyCode_Addr2Line(key.code,
-                                  key.lasti * (int)sizeof(_Py_CODEUNIT));
+                                  (int)key.lasti * (int)sizeof(_Py_CODEUNIT));
     frame->lineno = lineno < 0 ? 0 : (unsigned int)lineno;
     frame->filename = intern_filename(interned, key.code->co_filename, 1);
     entry->code = key.code;
-    entry->lasti = key.lasti;
+    entry->lasti = (int)key.lasti;
     entry->lineno = frame->lineno;
     entry->epoch = epoch;
     entry->filename = frame->filename;
@@ -386,22 +388,27 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
     frame_key_t *keys = cache->keys;
     uint64_t h = 0;
     _PyInterpreterFrame *pyframe = _PyThreadState_GetFrame(tstate);
-    for (; pyframe != NULL && nframe < max_nframe;
-         pyframe = next_complete(pyframe->previous))
-    {
-        if (nframe == cache->capacity) {
-            if (grow_capture_buffers(cache) < 0) {
-                return -1;
-            }
-            keys = cache->keys;
+    for (;;) {
+        int limit = Py_MIN(max_nframe, cache->capacity);
+        for (; pyframe != NULL && nframe < limit;
+             pyframe = next_complete(pyframe->previous))
+        {
+            PyCodeObject *code = _PyFrame_GetCode(pyframe);
+            int lasti = _PyInterpreterFrame_LASTI(pyframe);
+            keys[nframe].code = code;
+            keys[nframe].lasti = lasti;
+            h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
+                * UINT64_C(0x9E3779B97F4A7C15);
+            nframe++;
         }
-        PyCodeObject *code = _PyFrame_GetCode(pyframe);
-        int lasti = _PyInterpreterFrame_LASTI(pyframe);
-        keys[nframe].code = code;
-        keys[nframe].lasti = lasti;
-        h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
-            * UINT64_C(0x9E3779B97F4A7C15);
-        nframe++;
+        if (pyframe == NULL || nframe == max_nframe) {
+            break;
+        }
+        /* a traceback deeper than the buffers */
+        if (grow_capture_buffers(cache) < 0) {
+            return -1;
+        }
+        keys = cache->keys;
     }
     int count = count_frames(pyframe, nframe);
     *total = count;
@@ -435,15 +442,14 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
         return NULL;
     }
     assert(nframe <= cache->entry_nframe);
-    frame_key_t *keys = entry_keys(cache, entry);
+    /* Without a branch per frame: the keys mostly match */
+    const frame_key_t *keys = entry_keys(cache, entry);
+    uintptr_t diff = 0;
     for (int i = 0; i < nframe; i++) {
-        if (cache->keys[i].code != keys[i].code
-            || cache->keys[i].lasti != keys[i].lasti)
-        {
-            return NULL;
-        }
+        diff |= (((uintptr_t)cache->keys[i].code ^ (uintptr_t)keys[i].code)
+                 | (uintptr_t)(cache->keys[i].lasti ^ keys[i].lasti));
     }
-    return entry->traceback;
+    return diff == 0 ? entry->traceback : NULL;
 }
 
 /* Make the traceback cache twice larger, and empty, once it has missed
@@ -606,7 +612,7 @@ traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
             continue;
         }
         frame->lineno = (unsigned int)Py_MAX(0, PyCode_Addr2Line(
-            key.code, key.lasti * (int)sizeof(_Py_CODEUNIT)));
+            key.code, (int)key.lasti * (int)sizeof(_Py_CODEUNIT)));
         frame->filename = intern_filename(state->interned,
                                           key.code->co_filename, 0);
     }
