@@ -42,7 +42,11 @@
    window: a leaf would cost more memory than it saves time),
    traceback indexes above ENTRY_MAX_TRACEBACK.  A count of the spilled
    traces by hash of their window tells when a block with no leaf entry
-   cannot be in the spill either, which is nearly always.
+   cannot be in the spill either, which is nearly always: a new block is
+   looked for there in case it replaces a spilled trace, and a block freed
+   without a leaf entry.  The counts are bytes, so that there are many of
+   them: with 1024, as there were, a few thousand large blocks alive made
+   nearly every count non-zero.  A count that reaches 255 sticks there.
 
    The spill is a hash table with open addressing, linear probing and Robin
    Hood insertion, 16-byte slots stored inline (no allocation per trace)
@@ -65,7 +69,8 @@
    - A leaf entry is non-zero only for a trace that fits one
      (entry_fits()), of a pointer aligned on a grain.
    - spilled[i] is the number of spill traces whose window has counter i,
-     so that a zero there proves a pointer is not in the spill.
+     or SPILLED_STUCK, so that a zero there proves a pointer is not in
+     the spill.
    - In a shard, every key lies within dist slots after its home slot,
      and no slot between its home and it is empty (linear probing), with
      count at most max_count < capacity.
@@ -88,7 +93,8 @@
 #define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
 #define LEAF_MIN_TRACES 4           /* fewer, and a rebuild spills them */
 #define DEMOTE_MIN_WINDOWS 1024     /* in a table of at least this many leaves */
-#define SPILLED_BITS 10             /* counters of spilled traces */
+#define SPILLED_BITS 14             /* counters of spilled traces */
+#define SPILLED_STUCK UINT8_MAX     /* a counter that stays there */
 #define RECENT_BITS 5               /* windows in the cache of recent ones */
 
 #define SHARD_BITS 6
@@ -141,8 +147,9 @@ struct tracemalloc_traces {
     shard_t shards[NSHARDS];    /* the spill */
     /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
     _Py_hashtable_t *big;
-    /* Number of traces in the spill, by spilled_count() of their window */
-    uint32_t spilled[1 << SPILLED_BITS];
+    /* Number of traces in the spill, by spilled_count() of their window,
+       or SPILLED_STUCK */
+    uint8_t spilled[1 << SPILLED_BITS];
     /* The trace of UINTPTR_MAX, which only the C API can track: its key in
        the spill would be that of an empty slot. */
     int has_top;
@@ -395,10 +402,20 @@ slot_set_size(traces_t *traces, slot_t *slot, uintptr_t ptr, size_t size)
 
 /* The count of the spilled traces of ptr's window, and of the windows
    that share its hash. */
-static inline uint32_t *
+static inline uint8_t *
 spilled_count(traces_t *traces, uintptr_t ptr)
 {
     return &traces->spilled[hash_window(ptr) >> (64 - SPILLED_BITS)];
+}
+
+static inline void
+count_spilled(traces_t *traces, uintptr_t ptr, int delta)
+{
+    uint8_t *count = spilled_count(traces, ptr);
+    if (*count != SPILLED_STUCK) {
+        assert(delta > 0 || *count > 0);
+        *count = (uint8_t)(*count + delta);
+    }
 }
 
 static slot_t *
@@ -459,7 +476,7 @@ spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
         return -1;
     }
     shard_insert_at(shard, entry, i, dist);
-    (*spilled_count(traces, ptr))++;
+    count_spilled(traces, ptr, 1);
     traces->nspilled++;
     traces->count++;
     return 0;
@@ -496,7 +513,7 @@ spill_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
         _Py_hashtable_steal(traces->big, TO_PTR(ptr));
     }
     shard_remove(shard, slot);
-    (*spilled_count(traces, ptr))--;
+    count_spilled(traces, ptr, -1);
     traces->nspilled--;
     traces->count--;
     shard_maybe_shrink(shard);
@@ -1087,11 +1104,13 @@ traces_check(traces_t *traces, const char **what)
                           what);
     }
     count += nspilled;
-    if (res == 0 && memcmp(spilled, traces->spilled,
-                           sizeof(traces->spilled)) != 0)
-    {
-        *what = "the counts of spilled traces by window are wrong";
-        res = -1;
+    for (int i = 0; i < (1 << SPILLED_BITS) && res == 0; i++) {
+        if (traces->spilled[i] != spilled[i]
+            && traces->spilled[i] != SPILLED_STUCK)
+        {
+            *what = "the counts of spilled traces by window are wrong";
+            res = -1;
+        }
     }
     raw_free(spilled);
     if (res == 0 && nspilled != traces->nspilled) {
