@@ -25,16 +25,30 @@
    empties stays where it is, for the blocks allocated there next, until
    the window table is rebuilt, for want of room or once most leaves are
    empty (a burst of blocks was freed), which drops the empty leaves and
-   may shrink the table.  A leaf takes 128 bytes: 12 to 15
-   bytes per block where small objects lie densely, against 20 to 25 bytes
-   per trace in the spill below.  Where traced blocks lie far apart (new
-   blocks in the holes of an older heap, survivors of a burst), a leaf
-   holds one or two traces and costs 150 bytes a trace: a rebuild of a
-   table of DEMOTE_MIN_WINDOWS leaves or more moves the traces of the
-   leaves holding fewer than LEAF_MIN_TRACES to the spill.  Smaller
-   tables keep their sparse leaves: their memory is small, and the
-   traces of a workload that allocates and frees in a few windows would
-   go back and forth.
+   may shrink the table.
+
+   A pymalloc pool holds blocks of one size, so the first block traced in
+   a window tells how close its neighbours will lie.  Blocks of 64 bytes
+   or more start SMALL_GRAINS grains apart or further: their window gets
+   a small leaf of SMALL_SLOTS entries, one for each run of SMALL_GRAINS
+   grains, with the grain it holds.  Two such blocks never share a slot,
+   so the leaf stays small, at 40 bytes, 5 to 10 bytes per trace where a
+   full leaf would take 128 bytes for four or five traces (importing
+   modules, building long-lived structures).  A smaller block gets a full
+   leaf, one entry per grain, at 4 to 14 bytes per trace.  A small leaf
+   that needs a slot for a second trace (a pool reused for a smaller size,
+   a block from another allocator) grows into a full leaf, and the
+   rebuilds of large tables make the full leaves whose traces fit small
+   again.
+
+   Where traced blocks lie far apart (new blocks in the holes of an older
+   heap, survivors of a burst), a leaf holds one or two traces and costs
+   60 bytes a trace with its window slot, against 20 to 25 bytes in the
+   spill below: a rebuild of a table of DEMOTE_MIN_WINDOWS leaves or more
+   moves the traces of the leaves holding fewer than LEAF_MIN_TRACES to
+   the spill.  Smaller tables keep their sparse leaves: their memory is
+   small, and the traces of a workload that allocates and frees in a few
+   windows would go back and forth.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
@@ -68,6 +82,8 @@
      (nspilled) plus has_top.
    - A leaf entry is non-zero only for a trace that fits one
      (entry_fits()), of a pointer aligned on a grain.
+   - A non-zero entry of a small leaf is in the slot of its grain.
+     nsmall counts the small leaves.
    - spilled[i] is the number of spill traces whose window has counter i,
      or SPILLED_STUCK, so that a zero there proves a pointer is not in
      the spill.
@@ -96,6 +112,7 @@
 #define SPILLED_BITS 14             /* counters of spilled traces */
 #define SPILLED_STUCK UINT8_MAX     /* a counter that stays there */
 #define RECENT_BITS 5               /* windows in the cache of recent ones */
+#define SMALL_SLOTS 8               /* entries of a small leaf */
 
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
@@ -113,9 +130,23 @@ typedef struct {
     uint32_t entries[WINDOW_GRAINS];
 } leaf_t;
 
+/* A leaf for a window of few traces: one entry per SMALL_GRAINS grains,
+   with the grain it is for.  An entry that is 0 keeps its grain, for the
+   block allocated there next, until another grain of its slot needs it. */
+typedef struct {
+    uint8_t grains[SMALL_SLOTS];
+    uint32_t entries[SMALL_SLOTS];
+} small_leaf_t;
+
+#define SMALL_GRAINS (WINDOW_GRAINS / SMALL_SLOTS)
+
+/* A leaf_t *, or a small_leaf_t * plus SMALL_TAG. */
+typedef uintptr_t leaf_ref_t;
+#define SMALL_TAG 1
+
 typedef struct {
     uintptr_t window;           /* window_of() a pointer; 0 if empty */
-    leaf_t *leaf;
+    leaf_ref_t leaf;
 } window_slot_t;
 
 typedef struct {
@@ -142,6 +173,7 @@ struct tracemalloc_traces {
     window_slot_t *windows;     /* NULL until the first leaf */
     uint32_t windows_capacity;  /* a power of two, or 0 */
     uint32_t nwindows;          /* empty leaves included */
+    uint32_t nsmall;            /* how many of them are small */
     size_t count;               /* traces, in the leaves and the spill */
     size_t nspilled;            /* traces in the spill (top excluded) */
     shard_t shards[NSHARDS];    /* the spill */
@@ -536,10 +568,99 @@ window_of(uintptr_t ptr)
     return (ptr >> WINDOW_SHIFT) + 1;
 }
 
+/* ptr's place in its window. */
+static inline unsigned int
+grain_of(uintptr_t ptr)
+{
+    return (unsigned int)(ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1);
+}
+
 static inline uint32_t *
 leaf_entry(leaf_t *leaf, uintptr_t ptr)
 {
-    return &leaf->entries[(ptr >> GRAIN_SHIFT) & (WINDOW_GRAINS - 1)];
+    return &leaf->entries[grain_of(ptr)];
+}
+
+static inline int
+is_small(leaf_ref_t ref)
+{
+    return (ref & SMALL_TAG) != 0;
+}
+
+static inline leaf_t *
+as_leaf(leaf_ref_t ref)
+{
+    assert(!is_small(ref));
+    return (leaf_t *)ref;
+}
+
+static inline small_leaf_t *
+as_small(leaf_ref_t ref)
+{
+    assert(is_small(ref));
+    return (small_leaf_t *)(ref - SMALL_TAG);
+}
+
+/* The slot of a small leaf for a grain. */
+static inline unsigned int
+small_slot(unsigned int grain)
+{
+    return grain / SMALL_GRAINS;
+}
+
+/* The entries of a leaf, and how many there are. */
+static inline uint32_t *
+leaf_entries(leaf_ref_t ref, int *n)
+{
+    if (is_small(ref)) {
+        *n = SMALL_SLOTS;
+        return as_small(ref)->entries;
+    }
+    *n = WINDOW_GRAINS;
+    return as_leaf(ref)->entries;
+}
+
+/* The grain of the i-th of leaf_entries(ref). */
+static inline unsigned int
+leaf_grain(leaf_ref_t ref, int i)
+{
+    return is_small(ref) ? as_small(ref)->grains[i] : (unsigned int)i;
+}
+
+/* ptr's entry in a leaf, or NULL if it has none (a small leaf with no
+   slot for its grain). */
+static inline uint32_t *
+entry_in(leaf_ref_t ref, uintptr_t ptr)
+{
+    if (!is_small(ref)) {
+        return leaf_entry(as_leaf(ref), ptr);
+    }
+    small_leaf_t *small = as_small(ref);
+    unsigned int grain = grain_of(ptr);
+    unsigned int i = small_slot(grain);
+    return small->grains[i] == grain ? &small->entries[i] : NULL;
+}
+
+static leaf_ref_t
+small_leaf_new(void)
+{
+    small_leaf_t *small = raw_calloc(1, sizeof(small_leaf_t));
+    if (small == NULL) {
+        return 0;
+    }
+    return (leaf_ref_t)small + SMALL_TAG;
+}
+
+static void
+leaf_free(traces_t *traces, leaf_ref_t ref)
+{
+    if (is_small(ref)) {
+        raw_free(as_small(ref));
+        traces->nsmall--;
+    }
+    else {
+        raw_free(as_leaf(ref));
+    }
 }
 
 static inline int
@@ -584,14 +705,14 @@ recent_index(uintptr_t window)
 }
 
 static inline void
-remember_leaf(traces_t *traces, uintptr_t window, leaf_t *leaf)
+remember_leaf(traces_t *traces, uintptr_t window, leaf_ref_t leaf)
 {
     traces->recent[recent_index(window)] = (window_slot_t){window, leaf};
 }
 
-/* The leaf of a window, or NULL; it is remembered as a recent one. */
-static leaf_t *
-find_leaf(traces_t *traces, uintptr_t window)
+/* The slot of a window in the window table, or NULL. */
+static window_slot_t *
+find_window(traces_t *traces, uintptr_t window)
 {
     uint32_t capacity = traces->windows_capacity;
     if (capacity == 0) {
@@ -602,13 +723,24 @@ find_leaf(traces_t *traces, uintptr_t window)
     {
         window_slot_t *slot = &traces->windows[i];
         if (slot->window == window) {
-            remember_leaf(traces, window, slot->leaf);
-            return slot->leaf;
+            return slot;
         }
         if (slot->window == 0) {
             return NULL;
         }
     }
+}
+
+/* The leaf of a window, or 0; it is remembered as a recent one. */
+static leaf_ref_t
+find_leaf(traces_t *traces, uintptr_t window)
+{
+    window_slot_t *slot = find_window(traces, window);
+    if (slot == NULL) {
+        return 0;
+    }
+    remember_leaf(traces, window, slot->leaf);
+    return slot->leaf;
 }
 
 static void
@@ -622,45 +754,128 @@ windows_put(window_slot_t *windows, uint32_t capacity, window_slot_t slot)
 }
 
 static int
-leaf_is_empty(const leaf_t *leaf)
+leaf_count(leaf_ref_t ref)
 {
-    for (int i = 0; i < WINDOW_GRAINS; i++) {
-        if (leaf->entries[i] != 0) {
+    int n, count = 0;
+    uint32_t *entries = leaf_entries(ref, &n);
+    for (int i = 0; i < n; i++) {
+        count += (entries[i] != 0);
+    }
+    return count;
+}
+
+/* Give a window the leaf ref in place of its own. */
+static void
+replace_leaf(traces_t *traces, uintptr_t window, leaf_ref_t ref)
+{
+    window_slot_t *slot = find_window(traces, window);
+    assert(slot != NULL);
+    slot->leaf = ref;
+    remember_leaf(traces, window, ref);
+}
+
+/* Replace a full small leaf by a leaf with an entry per grain.  Return
+   the new leaf, or NULL on memory error (the small leaf stays). */
+static Py_NO_INLINE leaf_t *
+leaf_grow(traces_t *traces, uintptr_t window, leaf_ref_t ref)
+{
+    leaf_t *leaf = raw_calloc(1, sizeof(leaf_t));
+    if (leaf == NULL) {
+        return NULL;
+    }
+    small_leaf_t *small = as_small(ref);
+    for (int i = 0; i < SMALL_SLOTS; i++) {
+        if (small->entries[i] != 0) {
+            leaf->entries[small->grains[i]] = small->entries[i];
+        }
+    }
+    replace_leaf(traces, window, (leaf_ref_t)leaf);
+    leaf_free(traces, ref);
+    return leaf;
+}
+
+/* Can the traces of a leaf go into a small leaf: one per slot? */
+static int
+leaf_fits_small(const leaf_t *leaf)
+{
+    for (int i = 0; i < SMALL_SLOTS; i++) {
+        int n = 0;
+        for (int j = 0; j < SMALL_GRAINS; j++) {
+            n += (leaf->entries[i * SMALL_GRAINS + j] != 0);
+        }
+        if (n > 1) {
             return 0;
         }
     }
     return 1;
 }
 
-static int
-leaf_count(const leaf_t *leaf)
+/* Replace a leaf by a small leaf if its traces fit one, within a rebuild
+   of the window table (the slot is not in traces->windows).  On memory
+   error, the leaf stays. */
+static void
+leaf_shrink(traces_t *traces, window_slot_t *slot)
 {
-    int n = 0;
-    for (int i = 0; i < WINDOW_GRAINS; i++) {
-        n += (leaf->entries[i] != 0);
+    leaf_t *leaf = as_leaf(slot->leaf);
+    if (!leaf_fits_small(leaf)) {
+        return;
     }
-    return n;
+    leaf_ref_t ref = small_leaf_new();
+    if (ref == 0) {
+        return;
+    }
+    small_leaf_t *small = as_small(ref);
+    for (unsigned int grain = 0; grain < WINDOW_GRAINS; grain++) {
+        if (leaf->entries[grain] != 0) {
+            small->grains[small_slot(grain)] = (uint8_t)grain;
+            small->entries[small_slot(grain)] = leaf->entries[grain];
+        }
+    }
+    raw_free(leaf);
+    slot->leaf = ref;
+    traces->nsmall++;
+}
+
+/* ptr's entry in a small leaf, which takes its slot if no trace is
+   there.  If another grain's trace is, the leaf grows.  Return NULL on
+   memory error. */
+static inline uint32_t *
+small_entry_for(traces_t *traces, leaf_ref_t ref, uintptr_t ptr)
+{
+    small_leaf_t *small = as_small(ref);
+    unsigned int grain = grain_of(ptr);
+    unsigned int i = small_slot(grain);
+    if (small->grains[i] != grain) {
+        if (small->entries[i] != 0) {
+            leaf_t *leaf = leaf_grow(traces, window_of(ptr), ref);
+            return leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+        }
+        small->grains[i] = (uint8_t)grain;
+    }
+    return &small->entries[i];
 }
 
 /* Move the traces of a leaf to the spill.  Return 0 if the leaf is empty
    now, -1 if memory ran out first (the traces not moved stay). */
 static int
-leaf_demote(traces_t *traces, uintptr_t window, leaf_t *leaf)
+leaf_demote(traces_t *traces, uintptr_t window, leaf_ref_t ref)
 {
     uintptr_t base = (window - 1) << WINDOW_SHIFT;
-    for (int i = 0; i < WINDOW_GRAINS; i++) {
-        uint32_t entry = leaf->entries[i];
+    int n;
+    uint32_t *entries = leaf_entries(ref, &n);
+    for (int i = 0; i < n; i++) {
+        uint32_t entry = entries[i];
         if (entry == 0) {
             continue;
         }
         size_t old_size;
-        if (spill_set(traces, base + ((uintptr_t)i << GRAIN_SHIFT),
-                      entry_size(entry), entry_traceback(entry),
+        uintptr_t ptr = base + ((uintptr_t)leaf_grain(ref, i) << GRAIN_SHIFT);
+        if (spill_set(traces, ptr, entry_size(entry), entry_traceback(entry),
                       &old_size) < 0)
         {
             return -1;
         }
-        leaf->entries[i] = 0;
+        entries[i] = 0;
         traces->count--;
     }
     return 0;
@@ -668,7 +883,8 @@ leaf_demote(traces_t *traces, uintptr_t window, leaf_t *leaf)
 
 /* Rebuild the window table, at most half full, without the leaves that
    emptied, and, in a large table or if demote is non-zero, without the
-   sparse ones, whose traces go to the spill. */
+   sparse ones, whose traces go to the spill; there, the leaves whose
+   traces fit a small leaf become small. */
 static int
 windows_rebuild_ex(traces_t *traces, int demote)
 {
@@ -702,12 +918,15 @@ windows_rebuild_ex(traces_t *traces, int demote)
         if (slot.window == 0) {
             continue;
         }
-        if (leaf_is_empty(slot.leaf)) {
-            raw_free(slot.leaf);
+        int n = leaf_count(slot.leaf);
+        if (n == 0) {
+            leaf_free(traces, slot.leaf);
+            continue;
         }
-        else {
-            windows_put(windows, (uint32_t)capacity, slot);
+        if (demote && !is_small(slot.leaf)) {
+            leaf_shrink(traces, &slot);
         }
+        windows_put(windows, (uint32_t)capacity, slot);
     }
     raw_free(traces->windows);
     traces->windows = windows;
@@ -724,31 +943,36 @@ windows_rebuild(traces_t *traces)
     return windows_rebuild_ex(traces, 0);
 }
 
-/* Add an empty leaf for a window that has none: it is remembered as a
-   recent one.  Return NULL on memory error. */
-static leaf_t *
-add_leaf(traces_t *traces, uintptr_t window)
+/* Add an empty leaf for the window of a block of size bytes, which has
+   none: a small one unless blocks of that size lie closer than a small
+   leaf's slots.  It is remembered as a recent one.  Return 0 on memory
+   error. */
+static leaf_ref_t
+add_leaf(traces_t *traces, uintptr_t window, size_t size)
 {
     if ((uint64_t)(traces->nwindows + 1) * 100
         > (uint64_t)traces->windows_capacity * MAX_WINDOWS_LOAD_PERCENT)
     {
         if (windows_rebuild(traces) < 0) {
-            return NULL;
+            return 0;
         }
     }
-    leaf_t *leaf = raw_calloc(1, sizeof(leaf_t));
-    if (leaf == NULL) {
-        return NULL;
+    int small = (size > ((SMALL_GRAINS - 1) << GRAIN_SHIFT));
+    leaf_ref_t ref = small ? small_leaf_new()
+                           : (leaf_ref_t)raw_calloc(1, sizeof(leaf_t));
+    if (ref == 0) {
+        return 0;
     }
     windows_put(traces->windows, traces->windows_capacity,
-                (window_slot_t){window, leaf});
+                (window_slot_t){window, ref});
     traces->nwindows++;
-    remember_leaf(traces, window, leaf);
-    return leaf;
+    traces->nsmall += small;
+    remember_leaf(traces, window, ref);
+    return ref;
 }
 
-/* The leaf of ptr's window, or NULL. */
-static inline leaf_t *
+/* The leaf of ptr's window, or 0. */
+static inline leaf_ref_t
 leaf_of(traces_t *traces, uintptr_t ptr)
 {
     uintptr_t window = window_of(ptr);
@@ -759,25 +983,35 @@ leaf_of(traces_t *traces, uintptr_t ptr)
     return find_leaf(traces, window);
 }
 
-/* The leaf of ptr's window, added if there is none; NULL on memory
-   error. */
-static inline leaf_t *
-leaf_for(traces_t *traces, uintptr_t ptr)
+/* The entry of ptr, a block of size bytes, added if it has none (with a
+   leaf for its window, if needed); NULL on memory error. */
+static inline uint32_t *
+entry_for(traces_t *traces, uintptr_t ptr, size_t size)
 {
-    leaf_t *leaf = leaf_of(traces, ptr);
-    return leaf != NULL ? leaf : add_leaf(traces, window_of(ptr));
+    leaf_ref_t ref = leaf_of(traces, ptr);
+    if (ref == 0) {
+        ref = add_leaf(traces, window_of(ptr), size);
+        if (ref == 0) {
+            return NULL;
+        }
+    }
+    if (!is_small(ref)) {
+        return leaf_entry(as_leaf(ref), ptr);
+    }
+    return small_entry_for(traces, ref, ptr);
 }
 
 /* ptr's entry in its leaf, or NULL if it has none (its window has no
-   leaf, or ptr is not aligned on a grain). */
+   leaf, its small leaf no slot for it, or ptr is not aligned on a
+   grain). */
 static inline uint32_t *
 find_entry(traces_t *traces, uintptr_t ptr)
 {
     if (!has_leaf_entry(ptr)) {
         return NULL;
     }
-    leaf_t *leaf = leaf_of(traces, ptr);
-    return leaf != NULL ? leaf_entry(leaf, ptr) : NULL;
+    leaf_ref_t ref = leaf_of(traces, ptr);
+    return ref != 0 ? entry_in(ref, ptr) : NULL;
 }
 
 /* Can ptr, whose leaf entry (if any) is 0, have a trace in the spill? */
@@ -801,7 +1035,7 @@ traces_destroy(traces_t *traces)
 {
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         if (traces->windows[i].window != 0) {
-            raw_free(traces->windows[i].leaf);
+            leaf_free(traces, traces->windows[i].leaf);
         }
     }
     raw_free(traces->windows);
@@ -830,7 +1064,8 @@ traces_memory(traces_t *traces)
 {
     size_t size = sizeof(traces_t);
     size += (size_t)traces->windows_capacity * sizeof(window_slot_t);
-    size += (size_t)traces->nwindows * sizeof(leaf_t);
+    size += (size_t)(traces->nwindows - traces->nsmall) * sizeof(leaf_t);
+    size += (size_t)traces->nsmall * sizeof(small_leaf_t);
     for (int i = 0; i < NSHARDS; i++) {
         size += (size_t)traces->shards[i].capacity * sizeof(slot_t);
     }
@@ -898,11 +1133,10 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
     if (!has_leaf_entry(ptr) || !entry_fits(size, traceback)) {
         return traces_spill(traces, ptr, size, traceback, old_size);
     }
-    leaf_t *leaf = leaf_for(traces, ptr);
-    if (leaf == NULL) {
+    uint32_t *entry = entry_for(traces, ptr, size);
+    if (entry == NULL) {
         return -1;
     }
-    uint32_t *entry = leaf_entry(leaf, ptr);
     uint32_t old = *entry;
     *entry = entry_pack(size, traceback);
     if (old != 0) {
@@ -969,9 +1203,9 @@ traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
 }
 
 
-/* Call visit(arg, ptr, size, traceback) for each trace: leaf by leaf, the
-   traces of a leaf in address order, then those of the spill.  Inlined,
-   so that a constant visitor is too: a snapshot copies millions. */
+/* Call visit(arg, ptr, size, traceback) for each trace: leaf by leaf,
+   then those of the spill.  Inlined, so that a constant visitor is too:
+   a snapshot copies millions. */
 typedef void (*traces_visitor_t)(void *arg, uintptr_t ptr, size_t size,
                                  uint32_t traceback);
 
@@ -984,10 +1218,13 @@ traces_foreach(traces_t *traces, traces_visitor_t visit, void *arg)
             continue;
         }
         uintptr_t base = (slot->window - 1) << WINDOW_SHIFT;
-        for (int j = 0; j < WINDOW_GRAINS; j++) {
-            uint32_t entry = slot->leaf->entries[j];
+        int n;
+        uint32_t *entries = leaf_entries(slot->leaf, &n);
+        for (int j = 0; j < n; j++) {
+            uint32_t entry = entries[j];
             if (entry != 0) {
-                visit(arg, base + ((uintptr_t)j << GRAIN_SHIFT),
+                uintptr_t grain = leaf_grain(slot->leaf, j);
+                visit(arg, base + (grain << GRAIN_SHIFT),
                       entry_size(entry), entry_traceback(entry));
             }
         }
@@ -1062,11 +1299,27 @@ shard_check(traces_t *traces, shard_t *shard, size_t *count,
     return 0;
 }
 
+/* Each slot of a small leaf is for a grain of its own. */
+static int
+small_check(leaf_ref_t ref, const char **what)
+{
+    small_leaf_t *small = as_small(ref);
+    for (unsigned int i = 0; i < SMALL_SLOTS; i++) {
+        if (small->grains[i] >= WINDOW_GRAINS
+            || (small->entries[i] != 0 && small_slot(small->grains[i]) != i))
+        {
+            *what = "a slot of a small leaf holds another slot's grain";
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int
 traces_check(traces_t *traces, const char **what)
 {
     size_t count = traces->has_top;
-    uint32_t nwindows = 0;
+    uint32_t nwindows = 0, nsmall = 0;
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         window_slot_t *slot = &traces->windows[i];
         if (slot->window == 0) {
@@ -1077,8 +1330,14 @@ traces_check(traces_t *traces, const char **what)
             *what = "a leaf cannot be found from its window";
             return -1;
         }
-        for (int j = 0; j < WINDOW_GRAINS; j++) {
-            uint32_t entry = slot->leaf->entries[j];
+        if (is_small(slot->leaf) && small_check(slot->leaf, what) < 0) {
+            return -1;
+        }
+        nsmall += is_small(slot->leaf);
+        int n;
+        uint32_t *entries = leaf_entries(slot->leaf, &n);
+        for (int j = 0; j < n; j++) {
+            uint32_t entry = entries[j];
             if (entry != 0 && !entry_fits(entry_size(entry),
                                           entry_traceback(entry)))
             {
@@ -1088,8 +1347,8 @@ traces_check(traces_t *traces, const char **what)
             count += (entry != 0);
         }
     }
-    if (nwindows != traces->nwindows) {
-        *what = "nwindows is not the number of leaves";
+    if (nwindows != traces->nwindows || nsmall != traces->nsmall) {
+        *what = "nwindows or nsmall is not the number of leaves";
         return -1;
     }
     uint32_t *spilled = raw_calloc(1 << SPILLED_BITS, sizeof(uint32_t));
