@@ -67,7 +67,7 @@
    with the distance of their key from its home slot (which Robin Hood
    compares on every probe), split into shards by the pointer's hash so
    that growing copies one shard at a time.  A shard grows by a quarter
-   when 80% full, so that it stays at least 64% full.  Shards of fewer
+   when 90% full, so that it stays at least 72% full.  Shards of fewer
    than SMALL_SHARD_CAPACITY slots grow by several quarters at once, up
    to twice their size: copying them over and over would cost more than
    the memory saved.  A shard that empties to below 40% shrinks to 60%, so
@@ -117,7 +117,7 @@
 #define SHARD_BITS 6
 #define NSHARDS (1 << SHARD_BITS)
 #define MIN_SHARD_CAPACITY 8
-#define MAX_LOAD_PERCENT 80
+#define MAX_LOAD_PERCENT 90
 #define MIN_LOAD_PERCENT 40         /* below it, a shard shrinks */
 #define SHRUNK_LOAD_PERCENT 60      /* to this */
 #define SMALL_SHARD_CAPACITY 256    /* below it, grow to about twice the size */
