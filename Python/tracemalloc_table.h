@@ -754,6 +754,19 @@ windows_put(window_slot_t *windows, uint32_t capacity, window_slot_t slot)
 }
 
 static int
+leaf_is_empty(leaf_ref_t ref)
+{
+    int n;
+    uint32_t *entries = leaf_entries(ref, &n);
+    for (int i = 0; i < n; i++) {
+        if (entries[i] != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
 leaf_count(leaf_ref_t ref)
 {
     int n, count = 0;
@@ -918,8 +931,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
         if (slot.window == 0) {
             continue;
         }
-        int n = leaf_count(slot.leaf);
-        if (n == 0) {
+        if (leaf_is_empty(slot.leaf)) {
             leaf_free(traces, slot.leaf);
             continue;
         }
