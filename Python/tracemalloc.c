@@ -91,6 +91,16 @@ static const unsigned long MAX_NFRAME = Py_MIN(UINT16_MAX, ((SIZE_MAX - sizeof(t
 
 
 typedef struct tracemalloc_traces traces_t;
+typedef struct tracemalloc_stripe stripe_t;
+
+#define NSTRIPES _PyTraceMalloc_NSTRIPES
+/* The first stripe's traces table and capture cache are made with the
+   session, and replaced with it; the others' are made when first used
+   (so there are none to make in the default build). */
+#define STRIPE_IS_LAZY (NSTRIPES > 1)
+#ifdef Py_GIL_DISABLED
+static_assert(sizeof(stripe_t) == 64, "a stripe is a cache line");
+#endif
 
 /* A trace that the hooks dropped before the allocator saw its block: kept
    to be put back if a realloc() fails, and for the debug hooks to report
@@ -171,8 +181,9 @@ struct tracemalloc_leftovers {
     size_t count;
     size_t size;
     size_t ended_size;
-    /* The tables, as the interpreter left them; NULL once count is 0. */
-    traces_t *traces;
+    /* The tables, as the interpreter left them (with the traces of each
+       stripe, or NULL); NULL once count is 0. */
+    traces_t *traces[NSTRIPES];
     _Py_hashtable_t *domains;
     leftover_tracebacks_t *tracebacks;
 };
@@ -235,36 +246,72 @@ unlock_registry(void)
 }
 
 #ifdef Py_GIL_DISABLED
-static inline int
-try_lock_state(tm_state_t *state)
+/* The lock of one stripe of the state's traces; own says that the
+   caller's thread state is attached to the interpreter of state, which
+   only the default build makes use of. */
+static inline void
+lock_stripe(tm_state_t *Py_UNUSED(state), stripe_t *stripe,
+            int Py_UNUSED(own))
 {
-    return PyMutex_LockFast(&state->mutex._bits);
+    PyMutex_LockFlags(&stripe->mutex, _Py_LOCK_DONT_DETACH);
 }
 
 static inline void
-lock_state(tm_state_t *state)
+unlock_stripe(tm_state_t *Py_UNUSED(state), stripe_t *stripe,
+              int Py_UNUSED(own))
+{
+    PyMutex_Unlock(&stripe->mutex);
+}
+
+/* The lock of the rest of the state's tables (the interned tracebacks,
+   the other domains), taken by a thread that holds a stripe's. */
+static inline void
+lock_shared(tm_state_t *state)
 {
     PyMutex_LockFlags(&state->mutex, _Py_LOCK_DONT_DETACH);
 }
 
 static inline void
-unlock_state(tm_state_t *state)
+unlock_shared(tm_state_t *state)
 {
     PyMutex_Unlock(&state->mutex);
 }
 
-/* The hooks' fast paths: the caller's thread state is attached to the
-   interpreter of state. */
-static inline void
-lock_own_state(tm_state_t *state)
+/* All of the state's locks, in the lock order. */
+static void
+lock_state(tm_state_t *state)
 {
-    lock_state(state);
+    for (int i = 0; i < NSTRIPES; i++) {
+        PyMutex_LockFlags(&state->stripes[i].mutex, _Py_LOCK_DONT_DETACH);
+    }
+    lock_shared(state);
 }
 
-static inline void
-unlock_own_state(tm_state_t *state)
+static void
+unlock_state(tm_state_t *state)
 {
-    unlock_state(state);
+    unlock_shared(state);
+    for (int i = NSTRIPES - 1; i >= 0; i--) {
+        PyMutex_Unlock(&state->stripes[i].mutex);
+    }
+}
+
+/* For the fatal error paths, where this thread may have crashed inside
+   a critical section: never waits. */
+static int
+try_lock_state(tm_state_t *state)
+{
+    int i = 0;
+    while (i < NSTRIPES && PyMutex_LockFast(&state->stripes[i].mutex._bits)) {
+        i++;
+    }
+    if (i == NSTRIPES && PyMutex_LockFast(&state->mutex._bits)) {
+        return 1;
+    }
+    while (--i >= 0) {
+        PyMutex_Unlock(&state->stripes[i].mutex);
+    }
+    return 0;
 }
 #else
 /* The biased lock of the default build (see _PyTraceMalloc_Lock).
@@ -527,6 +574,40 @@ try_lock_state(tm_state_t *state)
     }
     lock->owner_locked = 1;
     return 1;
+}
+
+/* The single stripe's lock is the state's (see the free-threaded build's
+   versions above). */
+static inline void
+lock_stripe(tm_state_t *state, stripe_t *Py_UNUSED(stripe), int own)
+{
+    if (own) {
+        lock_own_state(state);
+    }
+    else {
+        lock_state(state);
+    }
+}
+
+static inline void
+unlock_stripe(tm_state_t *state, stripe_t *Py_UNUSED(stripe), int own)
+{
+    if (own) {
+        unlock_own_state(state);
+    }
+    else {
+        unlock_state(state);
+    }
+}
+
+static inline void
+lock_shared(tm_state_t *Py_UNUSED(state))
+{
+}
+
+static inline void
+unlock_shared(tm_state_t *Py_UNUSED(state))
+{
 }
 #endif
 
@@ -875,27 +956,267 @@ domains_table_new(void)
 }
 
 
+static struct tracemalloc_capture_cache *stripe_cache_new(tm_state_t *state,
+                                                          stripe_t *stripe);
+
 #include "tracemalloc_capture.h"    // traceback_new(): capturing a traceback
 
 
 
-/* --- Traces of one interpreter (its mutex held) -------------------------- */
+/* --- Stripes ------------------------------------------------------------ */
 
-static traces_t*
-get_traces_table(tm_state_t *state, unsigned int domain)
+/* The stripes (see pycore_tracemalloc.h): segments of 32 MiB of address
+   space (4 MiB on 32-bit platforms), as mimalloc's. */
+#define SEGMENT_SHIFT (SIZEOF_VOID_P == 8 ? 25 : 22)
+
+#if NSTRIPES > 1
+/* This thread's stripe plus one, in every interpreter; 0 until it traces
+   a block in a segment that has no stripe yet.  Threads get the stripes
+   in turn. */
+static _Py_thread_local int thread_stripe = 0;
+static int last_thread_stripe = 0;
+
+static inline uint8_t *
+segment_stripe(tm_state_t *state, uintptr_t ptr)
 {
-    if (domain == DEFAULT_DOMAIN) {
-        return state->traces;
+    return &state->segment_stripes[(ptr >> SEGMENT_SHIFT)
+                                   & (_PyTraceMalloc_NSEGMENTS - 1)];
+}
+
+/* Give the segment this thread's stripe, unless another thread gave it
+   its own first; return the segment's stripe plus one. */
+static Py_NO_INLINE int
+assign_segment(uint8_t *segment)
+{
+    if (thread_stripe == 0) {
+        int n = _Py_atomic_add_int(&last_thread_stripe, 1);
+        thread_stripe = 1 + n % NSTRIPES;
     }
-    return _Py_hashtable_get(state->domains, TO_PTR(domain));
+    uint8_t stripe = 0;
+    if (_Py_atomic_compare_exchange_uint8(segment, &stripe,
+                                          (uint8_t)thread_stripe))
+    {
+        return thread_stripe;
+    }
+    return stripe;
+}
+#endif
+
+/* The stripe to trace a block at ptr in. */
+static inline stripe_t *
+stripe_to_trace(tm_state_t *state, uintptr_t ptr)
+{
+#if NSTRIPES > 1
+    uint8_t *segment = segment_stripe(state, ptr);
+    int stripe = _Py_atomic_load_uint8_relaxed(segment);
+    if (stripe == 0) {
+        stripe = assign_segment(segment);
+    }
+    return &state->stripes[stripe - 1];
+#else
+    (void)ptr;
+    return &state->stripes[0];
+#endif
+}
+
+/* The stripe the trace of ptr is in, if the state has one: NULL if no
+   block was traced in its segment.  The block was traced before whoever
+   looks for its trace could get its address, so the segment's stripe is
+   seen. */
+static inline stripe_t *
+stripe_to_find(tm_state_t *state, uintptr_t ptr)
+{
+#if NSTRIPES > 1
+    int stripe = _Py_atomic_load_uint8_relaxed(segment_stripe(state, ptr));
+    return stripe ? &state->stripes[stripe - 1] : NULL;
+#else
+    (void)ptr;
+    return &state->stripes[0];
+#endif
+}
+
+/* The free-threaded build counts the bytes traced per stripe, under the
+   stripe's lock, and adds a stripe's change to the state's total once it
+   reaches FLUSH_MEMORY: the stripes of threads allocating at the same
+   time do not share a counter.  The peak is the highest total a stripe
+   saw, its own change included: exact with one stripe in use, and short
+   by less than FLUSH_MEMORY per other stripe otherwise.  Those who read
+   the counters hold all the state's locks, and add the stripes up. */
+#define FLUSH_MEMORY ((size_t)1 << 16)
+
+#ifdef Py_GIL_DISABLED
+static inline void
+raise_peak(tm_state_t *state, size_t traced)
+{
+    size_t peak = _Py_atomic_load_ssize_relaxed(
+        (Py_ssize_t *)&state->peak_traced_memory);
+    while (traced > peak
+           && !_Py_atomic_compare_exchange_ssize(
+               (Py_ssize_t *)&state->peak_traced_memory,
+               (Py_ssize_t *)&peak, (Py_ssize_t)traced))
+    {
+    }
+}
+
+static void
+flush_traced(tm_state_t *state, stripe_t *stripe)
+{
+    size_t change = stripe->traced_memory - stripe->flushed_memory;
+    _Py_atomic_add_ssize((Py_ssize_t *)&state->traced_memory,
+                         (Py_ssize_t)change);
+    stripe->flushed_memory = stripe->traced_memory;
+}
+#endif
+
+#ifdef Py_GIL_DISABLED
+/* The stripe's count changed: add it to the total if it changed enough,
+   and raise the peak if the count grew. */
+static inline void
+stripe_traced_changed(tm_state_t *state, stripe_t *stripe, int grew)
+{
+    Py_ssize_t change = (Py_ssize_t)(stripe->traced_memory
+                                     - stripe->flushed_memory);
+    if (change >= (Py_ssize_t)FLUSH_MEMORY
+        || change <= -(Py_ssize_t)FLUSH_MEMORY)
+    {
+        flush_traced(state, stripe);
+        change = 0;
+    }
+    if (grew) {
+        size_t total = (size_t)_Py_atomic_load_ssize_relaxed(
+            (Py_ssize_t *)&state->traced_memory);
+        raise_peak(state, total + (size_t)change);
+    }
+}
+#endif
+
+/* A trace of size bytes was added to the stripe. */
+static inline void
+count_traced(tm_state_t *state, stripe_t *stripe, size_t size)
+{
+#ifdef Py_GIL_DISABLED
+    stripe->traced_memory += size;
+    stripe_traced_changed(state, stripe, 1);
+#else
+    (void)stripe;
+    assert(state->traced_memory <= SIZE_MAX - size);
+    state->traced_memory += size;
+    if (state->traced_memory > state->peak_traced_memory) {
+        state->peak_traced_memory = state->traced_memory;
+    }
+#endif
+}
+
+/* A trace of size bytes was removed from the stripe. */
+static inline void
+count_untraced(tm_state_t *state, stripe_t *stripe, size_t size)
+{
+#ifdef Py_GIL_DISABLED
+    assert(stripe->traced_memory >= size);
+    stripe->traced_memory -= size;
+    stripe_traced_changed(state, stripe, 0);
+#else
+    (void)stripe;
+    assert(state->traced_memory >= size);
+    state->traced_memory -= size;
+#endif
+}
+
+/* The bytes traced now: with all the state's locks held, the total is
+   brought up to date, and the peak with it. */
+static size_t
+traced_now(tm_state_t *state)
+{
+#ifdef Py_GIL_DISABLED
+    for (int i = 0; i < NSTRIPES; i++) {
+        flush_traced(state, &state->stripes[i]);
+    }
+    raise_peak(state, state->traced_memory);
+#endif
+    return state->traced_memory;
+}
+
+/* Forget the bytes traced, with all the state's locks held. */
+static void
+reset_traced(tm_state_t *state)
+{
+#ifdef Py_GIL_DISABLED
+    for (int i = 0; i < NSTRIPES; i++) {
+        state->stripes[i].traced_memory = 0;
+        state->stripes[i].flushed_memory = 0;
+    }
+#endif
+    state->traced_memory = 0;
+    state->peak_traced_memory = 0;
+}
+
+/* The stripe's traces table, made if it had none; NULL on memory error.
+   Called with the stripe's lock held. */
+static Py_NO_INLINE traces_t *
+stripe_traces_new(stripe_t *stripe)
+{
+    assert(stripe->traces == NULL);
+    traces_t *traces = traces_new();
+    if (traces != NULL) {
+        traces->counted = owner_map_made();
+        stripe->traces = traces;
+    }
+    return traces;
+}
+
+/* The stripe's capture cache, made if it had none; NULL on memory
+   error.  Called with the stripe's lock held, while the state traces. */
+static Py_NO_INLINE capture_cache_t *
+stripe_cache_new(tm_state_t *state, stripe_t *stripe)
+{
+    assert(stripe->cache == NULL);
+    stripe->cache = capture_cache_new(state->max_nframe);
+    return stripe->cache;
+}
+
+static int count_domain(_Py_hashtable_t *domains, const void *key,
+                        const void *value, void *user_data);
+
+/* The number of traces in tables. */
+static size_t
+tables_count(traces_t *const traces[NSTRIPES], _Py_hashtable_t *domains)
+{
+    size_t count = 0;
+    for (int i = 0; i < NSTRIPES; i++) {
+        if (traces[i] != NULL) {
+            count += traces[i]->count;
+        }
+    }
+    if (domains != NULL) {
+        _Py_hashtable_foreach(domains, count_domain, &count);
+    }
+    return count;
+}
+
+/* The traces tables of the state's stripes. */
+static void
+state_traces(tm_state_t *state, traces_t *traces[NSTRIPES])
+{
+    for (int i = 0; i < NSTRIPES; i++) {
+        traces[i] = state->stripes[i].traces;
+    }
 }
 
 
-/* The traceback of the trace of ptr, or NULL. */
+/* --- Traces of one interpreter (the lock of their stripe held) ---------- */
+
+/* The traceback of the trace of ptr, or NULL.  Called with all the
+   state's locks held. */
 static traceback_t *
 find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
 {
-    traces_t *traces = get_traces_table(state, domain);
+    stripe_t *stripe = stripe_to_find(state, ptr);
+    if (stripe == NULL) {
+        return NULL;
+    }
+    traces_t *traces = (domain == DEFAULT_DOMAIN)
+        ? stripe->traces
+        : _Py_hashtable_get(state->domains, TO_PTR(domain));
     size_t size;
     uint32_t traceback;
     if (traces == NULL || !traces_get(traces, ptr, &size, &traceback)) {
@@ -905,16 +1226,12 @@ find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
 }
 
 
-/* Remove the trace of ptr, if the state has one; return 1 if it had,
+/* Remove the trace of ptr from traces, if there; return 1 if it was,
    describing it in *dropped if dropped is not NULL. */
 static inline Py_ALWAYS_INLINE int
-remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
-             dropped_t *dropped)
+pop_trace(tm_state_t *state, stripe_t *stripe, traces_t *traces,
+          uintptr_t ptr, dropped_t *dropped)
 {
-    if (!state->tracing) {
-        return 0;
-    }
-    traces_t *traces = get_traces_table(state, domain);
     size_t old_size;
     uint32_t traceback;
     if (traces == NULL
@@ -926,8 +1243,7 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
     if (traces->counted) {
         owner_map_remove(ptr, 1);
     }
-    assert(state->traced_memory >= old_size);
-    state->traced_memory -= old_size;
+    count_untraced(state, stripe, old_size);
     if (dropped != NULL) {
         *dropped = (dropped_t){state, state->generation, state->interned,
                                old_size, traceback};
@@ -935,78 +1251,128 @@ remove_trace(tm_state_t *state, unsigned int domain, uintptr_t ptr,
     return 1;
 }
 
-
-/* remove_trace() with the state's mutex taken and released; own says
-   that the caller's thread state is attached to the interpreter of state
-   (see lock_own_state()). */
+/* Trace ptr in traces, replacing its trace if it had one. */
 static inline Py_ALWAYS_INLINE int
-remove_trace_locked(tm_state_t *state, int own, unsigned int domain,
-                    uintptr_t ptr, dropped_t *dropped)
+set_trace(tm_state_t *state, stripe_t *stripe, traces_t *traces,
+          uintptr_t ptr, size_t size, uint32_t traceback)
 {
-    if (own) {
-        lock_own_state(state);
-    }
-    else {
-        lock_state(state);
-    }
-    int found = remove_trace(state, domain, ptr, dropped);
-    if (own) {
-        unlock_own_state(state);
-    }
-    else {
-        unlock_state(state);
-    }
-    return found;
-}
-
-
-/* Trace a block, with the frames of tstate (none if NULL). */
-static inline Py_ALWAYS_INLINE int
-add_trace(tm_state_t *state, PyThreadState *tstate, int take_refs,
-          unsigned int domain, uintptr_t ptr, size_t size)
-{
-    assert(state->tracing);
-
-    traces_t *traces = get_traces_table(state, domain);
-    if (traces != NULL) {
-        traces_prefetch(traces, ptr, size);
-    }
-    traceback_t *traceback = traceback_new(state, tstate, take_refs);
-    if (traceback == NULL) {
-        return -1;
-    }
-
-    if (traces == NULL) {
-        traces = traces_new();
-        if (traces == NULL) {
-            return -1;
-        }
-        traces->counted = owner_map_made();
-        if (_Py_hashtable_set(state->domains, TO_PTR(domain), traces) < 0) {
-            traces_destroy(traces);
-            return -1;
-        }
-    }
-
     size_t old_size;
-    int res = traces_set(traces, ptr, size, traceback->index, &old_size);
+    int res = traces_set(traces, ptr, size, traceback, &old_size);
     if (res < 0) {
         return -1;
     }
     if (res == 1) {
         /* the memory block was already tracked */
-        assert(state->traced_memory >= old_size);
-        state->traced_memory -= old_size;
+        count_untraced(state, stripe, old_size);
     }
     else if (traces->counted) {
         owner_map_add(ptr, state->owner_tag, 1);
     }
-    assert(state->traced_memory <= SIZE_MAX - size);
-    state->traced_memory += size;
-    if (state->traced_memory > state->peak_traced_memory) {
-        state->peak_traced_memory = state->traced_memory;
-    }
+    count_traced(state, stripe, size);
     return 0;
+}
+
+/* remove_trace() of a domain other than the default one. */
+static Py_NO_INLINE int
+remove_domain_trace(tm_state_t *state, stripe_t *stripe,
+                    unsigned int domain, uintptr_t ptr, dropped_t *dropped)
+{
+    lock_shared(state);
+    traces_t *traces = _Py_hashtable_get(state->domains, TO_PTR(domain));
+    int found = pop_trace(state, stripe, traces, ptr, dropped);
+    unlock_shared(state);
+    return found;
+}
+
+/* Remove the trace of ptr, if the state has one; return 1 if it had,
+   describing it in *dropped if dropped is not NULL.  Called with the lock
+   of the stripe of ptr held. */
+static inline Py_ALWAYS_INLINE int
+remove_trace(tm_state_t *state, stripe_t *stripe, unsigned int domain,
+             uintptr_t ptr, dropped_t *dropped)
+{
+    if (!state->tracing) {
+        return 0;
+    }
+    if (domain != DEFAULT_DOMAIN) {
+        return remove_domain_trace(state, stripe, domain, ptr, dropped);
+    }
+    return pop_trace(state, stripe, stripe->traces, ptr, dropped);
+}
+
+
+/* remove_trace() with the lock of the stripe of ptr taken and released;
+   own says that the caller's thread state is attached to the interpreter
+   of state (see lock_own_state()). */
+static inline Py_ALWAYS_INLINE int
+remove_trace_locked(tm_state_t *state, int own, unsigned int domain,
+                    uintptr_t ptr, dropped_t *dropped)
+{
+    stripe_t *stripe = stripe_to_find(state, ptr);
+    if (stripe == NULL) {
+        return 0;
+    }
+    lock_stripe(state, stripe, own);
+    int found = remove_trace(state, stripe, domain, ptr, dropped);
+    unlock_stripe(state, stripe, own);
+    return found;
+}
+
+
+/* add_trace() of a domain other than the default one. */
+static Py_NO_INLINE int
+add_domain_trace(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
+                 int take_refs, unsigned int domain, uintptr_t ptr,
+                 size_t size)
+{
+    traceback_t *traceback = traceback_new(state, stripe, tstate, take_refs);
+    if (traceback == NULL) {
+        return -1;
+    }
+    int res = -1;
+    lock_shared(state);
+    traces_t *traces = _Py_hashtable_get(state->domains, TO_PTR(domain));
+    if (traces == NULL) {
+        traces = traces_new();
+        if (traces == NULL) {
+            goto done;
+        }
+        traces->counted = owner_map_made();
+        if (_Py_hashtable_set(state->domains, TO_PTR(domain), traces) < 0) {
+            traces_destroy(traces);
+            goto done;
+        }
+    }
+    res = set_trace(state, stripe, traces, ptr, size, traceback->index);
+done:
+    unlock_shared(state);
+    return res;
+}
+
+/* Trace a block, with the frames of tstate (none if NULL).  Called with
+   the lock of the stripe of ptr held, while the state traces. */
+static inline Py_ALWAYS_INLINE int
+add_trace(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
+          int take_refs, unsigned int domain, uintptr_t ptr, size_t size)
+{
+    assert(state->tracing);
+    if (domain != DEFAULT_DOMAIN) {
+        return add_domain_trace(state, stripe, tstate, take_refs, domain,
+                                ptr, size);
+    }
+    traces_t *traces = stripe->traces;
+    if (STRIPE_IS_LAZY && traces == NULL
+        && (traces = stripe_traces_new(stripe)) == NULL)
+    {
+        return -1;
+    }
+    assert(traces != NULL);
+    traces_prefetch(traces, ptr, size);
+    traceback_t *traceback = traceback_new(state, stripe, tstate, take_refs);
+    if (traceback == NULL) {
+        return -1;
+    }
+    return set_trace(state, stripe, traces, ptr, size, traceback->index);
 }
 
 
@@ -1043,7 +1409,12 @@ owner_map_make(void)
         tm_state_t *state = runtime_state.tracing[i];
         lock_state(state);
         uint32_t tag = state->owner_tag;
-        count_domain_traces(NULL, NULL, state->traces, &tag);
+        for (int j = 0; j < NSTRIPES; j++) {
+            if (state->stripes[j].traces != NULL) {
+                count_domain_traces(NULL, NULL, state->stripes[j].traces,
+                                    &tag);
+            }
+        }
         _Py_hashtable_foreach(state->domains, count_domain_traces, &tag);
         unlock_state(state);
     }
@@ -1053,7 +1424,11 @@ owner_map_make(void)
     {
         if (left->count != 0) {
             uint32_t tag = left->owner_tag;
-            count_domain_traces(NULL, NULL, left->traces, &tag);
+            for (int j = 0; j < NSTRIPES; j++) {
+                if (left->traces[j] != NULL) {
+                    count_domain_traces(NULL, NULL, left->traces[j], &tag);
+                }
+            }
             _Py_hashtable_foreach(left->domains, count_domain_traces, &tag);
         }
     }
@@ -1134,11 +1509,12 @@ add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
     PyThreadState *frames_of;
     tm_state_t *state = unattached_owner(&frames_of);
     if (state != NULL) {
-        lock_state(state);
+        stripe_t *stripe = stripe_to_trace(state, ptr);
+        lock_stripe(state, stripe, 0);
         if (state->tracing) {
-            res = add_trace(state, frames_of, 0, domain, ptr, size);
+            res = add_trace(state, stripe, frames_of, 0, domain, ptr, size);
         }
-        unlock_state(state);
+        unlock_stripe(state, stripe, 0);
     }
     unlock_registry();
     return res;
@@ -1159,11 +1535,12 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
         return 0;
     }
     int res = 0;
-    lock_own_state(state);
+    stripe_t *stripe = stripe_to_trace(state, ptr);
+    lock_stripe(state, stripe, 1);
     if (state->tracing) {
-        res = add_trace(state, tstate, 1, domain, ptr, size);
+        res = add_trace(state, stripe, tstate, 1, domain, ptr, size);
     }
-    unlock_own_state(state);
+    unlock_stripe(state, stripe, 1);
     return res;
 }
 
@@ -1245,7 +1622,11 @@ restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
     /* A state is only looked at while registered: it may be gone. */
     if (is_registered(state)) {
         lock_state(state);
-        traces_t *traces = get_traces_table(state, domain);
+        /* the trace was in that stripe */
+        stripe_t *stripe = stripe_to_find(state, ptr);
+        traces_t *traces = (stripe == NULL) ? NULL
+            : (domain == DEFAULT_DOMAIN) ? stripe->traces
+            : _Py_hashtable_get(state->domains, TO_PTR(domain));
         size_t old_size;
         if (state->tracing && state->generation == dropped->generation
             && traces != NULL
@@ -1255,10 +1636,7 @@ restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
             if (traces->counted) {
                 owner_map_add(ptr, state->owner_tag, 1);
             }
-            state->traced_memory += dropped->size;
-            if (state->traced_memory > state->peak_traced_memory) {
-                state->peak_traced_memory = state->traced_memory;
-            }
+            count_traced(state, stripe, dropped->size);
         }
         unlock_state(state);
     }
@@ -1550,19 +1928,24 @@ unregister_state(tm_state_t *state)
 /* The tables of a tracing session: built without any lock held, swapped
    into a state under its mutex, destroyed without any lock held. */
 typedef struct {
-    /* Per session: for its traceback limit */
-    capture_cache_t *cache;
-    /* Per session, and replaced by clear_traces() */
+    /* Per session, for its traceback limit: the stripes' caches */
+    capture_cache_t *caches[NSTRIPES];
+    /* Per session, and replaced by clear_traces(); the stripes' traces */
     interned_t *interned;
-    traces_t *traces;
+    traces_t *traces[NSTRIPES];
     _Py_hashtable_t *domains;
 } tables_t;
 
 static void
 tables_destroy(tables_t *tables)
 {
-    if (tables->traces != NULL) {
-        drop_traces(tables->traces);
+    for (int i = 0; i < NSTRIPES; i++) {
+        if (tables->traces[i] != NULL) {
+            drop_traces(tables->traces[i]);
+        }
+        if (tables->caches[i] != NULL) {
+            capture_cache_destroy(tables->caches[i]);
+        }
     }
     if (tables->domains != NULL) {
         _Py_hashtable_destroy(tables->domains);
@@ -1570,26 +1953,24 @@ tables_destroy(tables_t *tables)
     if (tables->interned != NULL) {
         interned_destroy(tables->interned);
     }
-    if (tables->cache != NULL) {
-        capture_cache_destroy(tables->cache);
-    }
 }
 
 static void tables_discard(tables_t *tables);
 
-/* New tables; with max_nframe == 0, only those clear_traces() replaces. */
+/* New tables; with max_nframe == 0, only those clear_traces() replaces.
+   The other stripes than the first get theirs when first used. */
 static int
 tables_new(tables_t *tables, int max_nframe)
 {
     memset(tables, 0, sizeof(*tables));
     if (max_nframe) {
-        tables->cache = capture_cache_new(max_nframe);
+        tables->caches[0] = capture_cache_new(max_nframe);
     }
     tables->interned = interned_new();
-    tables->traces = traces_new();
+    tables->traces[0] = traces_new();
     tables->domains = domains_table_new();
-    if ((max_nframe && tables->cache == NULL)
-        || tables->interned == NULL || tables->traces == NULL
+    if ((max_nframe && tables->caches[0] == NULL)
+        || tables->interned == NULL || tables->traces[0] == NULL
         || tables->domains == NULL)
     {
         tables_discard(tables);
@@ -1610,33 +1991,36 @@ tables_discard(tables_t *tables)
 
 /* Exchange the traces and interned tables of a state with *tables; what
    comes out is to be destroyed once nothing else references it.  With
-   session != 0, the per-session buffers are exchanged too.  Called with
-   the state's mutex held. */
+   session != 0, the per-session caches are exchanged too.  Called with
+   all the state's locks held. */
 static void
 tables_swap(tm_state_t *state, tables_t *tables, int session)
 {
-    traces_t *traces = state->traces;
+    for (int i = 0; i < NSTRIPES; i++) {
+        stripe_t *stripe = &state->stripes[i];
+        traces_t *traces = stripe->traces;
+        stripe->traces = tables->traces[i];
+        if (stripe->traces != NULL) {
+            /* A new table is empty: it can start counting at once. */
+            stripe->traces->counted = owner_map_made();
+        }
+        tables->traces[i] = traces;
+        if (session) {
+            capture_cache_t *cache = stripe->cache;
+            stripe->cache = tables->caches[i];
+            tables->caches[i] = cache;
+        }
+        else if (stripe->cache != NULL) {
+            forget_cached_tracebacks(stripe->cache);
+        }
+    }
     _Py_hashtable_t *domains = state->domains;
     interned_t *interned = state->interned;
-    state->traces = tables->traces;
     state->domains = tables->domains;
     state->interned = tables->interned;
-    if (state->traces != NULL) {
-        /* A new table is empty: it can start counting at once. */
-        state->traces->counted = owner_map_made();
-    }
-    tables->traces = traces;
     tables->domains = domains;
     tables->interned = interned ? interned_release(interned) : NULL;
     state->generation++;
-    if (session) {
-        capture_cache_t *cache = state->cache;
-        state->cache = tables->cache;
-        tables->cache = cache;
-    }
-    else if (state->cache != NULL) {
-        forget_cached_tracebacks(state->cache);
-    }
 }
 
 
@@ -1714,8 +2098,7 @@ _PyTraceMalloc_Start(int max_nframe)
     tables_swap(state, &tables, 1);
     _Py_atomic_store_uint32_relaxed(&state->owner_tag, new_owner_tag());
     state->max_nframe = max_nframe;
-    state->traced_memory = 0;
-    state->peak_traced_memory = 0;
+    reset_traced(state);
     _Py_atomic_store_int_relaxed(&state->tracing, 1);
     unlock_state(state);
     registry_change_end();
@@ -1756,8 +2139,7 @@ stop_tracing(tm_state_t *state, int release_filenames)
     int last = (runtime_state.nusers == 0);
     _Py_atomic_store_int_relaxed(&state->tracing, 0);
     tables_swap(state, &tables, 1);
-    state->traced_memory = 0;
-    state->peak_traced_memory = 0;
+    reset_traced(state);
     unlock_state(state);
     registry_change_end();
     unlock_registry();
@@ -1999,12 +2381,16 @@ visit_domain(_Py_hashtable_t *domains, const void *key, const void *value,
     return 0;
 }
 
-/* Visit every trace of the default domain's table and of the others. */
+/* Visit every trace of the default domain's tables and of the others. */
 static void
-tables_visit(traces_t *traces, _Py_hashtable_t *domains,
+tables_visit(traces_t *const traces[NSTRIPES], _Py_hashtable_t *domains,
              trace_visitor_t visit, void *arg)
 {
-    traces_visit(traces, DEFAULT_DOMAIN, visit, arg);
+    for (int i = 0; i < NSTRIPES; i++) {
+        if (traces[i] != NULL) {
+            traces_visit(traces[i], DEFAULT_DOMAIN, visit, arg);
+        }
+    }
     domain_visit_t args = {visit, arg, DEFAULT_DOMAIN};
     _Py_hashtable_foreach(domains, visit_domain, &args);
 }
@@ -2036,13 +2422,12 @@ static int count_domain(_Py_hashtable_t *domains, const void *key,
 static int
 leftovers_take(leftovers_t *left, tables_t *tables)
 {
-    if (tables->traces == NULL || tables->interned == NULL) {
+    if (tables->domains == NULL || tables->interned == NULL) {
         /* interned is NULL if a conversion still held it: impossible once
            the interpreter's last thread is ending, but then keep nothing */
         return -1;
     }
-    size_t count = tables->traces->count;
-    _Py_hashtable_foreach(tables->domains, count_domain, &count);
+    size_t count = tables_count(tables->traces, tables->domains);
     if (count == 0) {
         return -1;
     }
@@ -2060,11 +2445,15 @@ leftovers_take(leftovers_t *left, tables_t *tables)
         return -1;
     }
     left->count = count;
-    left->traces = tables->traces;
+    for (int i = 0; i < NSTRIPES; i++) {
+        left->traces[i] = tables->traces[i];
+        tables->traces[i] = NULL;
+        if (left->traces[i] != NULL) {
+            /* The survivors of a finalization lie far apart */
+            traces_compact(left->traces[i]);
+        }
+    }
     left->domains = tables->domains;
-    /* The survivors of a finalization lie far apart */
-    traces_compact(left->traces);
-    tables->traces = NULL;
     tables->domains = NULL;
     return 0;
 }
@@ -2074,9 +2463,11 @@ leftovers_take(leftovers_t *left, tables_t *tables)
 static void
 leftovers_free_tables(leftovers_t *left)
 {
-    if (left->traces != NULL) {
-        drop_traces(left->traces);
-        left->traces = NULL;
+    for (int i = 0; i < NSTRIPES; i++) {
+        if (left->traces[i] != NULL) {
+            drop_traces(left->traces[i]);
+            left->traces[i] = NULL;
+        }
     }
     if (left->domains != NULL) {
         _Py_hashtable_destroy(left->domains);
@@ -2100,10 +2491,22 @@ leftovers_untrace(unsigned int domain, uintptr_t ptr)
         if (left->count == 0) {
             continue;
         }
-        traces_t *traces = (domain == DEFAULT_DOMAIN)
-            ? left->traces : _Py_hashtable_get(left->domains, TO_PTR(domain));
+        /* The stripes of the segments went with the interpreter: look in
+           each. */
+        traces_t *traces = NULL;
         size_t size;
-        if (traces == NULL || !traces_pop(traces, ptr, &size, NULL)) {
+        for (int i = 0; i < NSTRIPES && traces == NULL; i++) {
+            traces = (domain == DEFAULT_DOMAIN)
+                ? left->traces[i]
+                : _Py_hashtable_get(left->domains, TO_PTR(domain));
+            if (traces != NULL && !traces_pop(traces, ptr, &size, NULL)) {
+                traces = NULL;
+            }
+            if (domain != DEFAULT_DOMAIN) {
+                break;
+            }
+        }
+        if (traces == NULL) {
             continue;
         }
         if (traces->counted) {
@@ -2241,9 +2644,8 @@ _PyTraceMalloc_EndInterpreter(void)
     left->interp_id = interp->id;
     left->max_nframe = state->max_nframe;
     left->owner_tag = state->owner_tag;
-    left->size = left->ended_size = state->traced_memory;
-    state->traced_memory = 0;
-    state->peak_traced_memory = 0;
+    left->size = left->ended_size = traced_now(state);
+    reset_traced(state);
     unlock_state(state);
     if (leftovers_take(left, &tables) == 0) {
         leftovers_add(left);
@@ -2358,6 +2760,9 @@ reinit_state_lock(tm_state_t *state)
 {
 #ifdef Py_GIL_DISABLED
     _PyMutex_at_fork_reinit(&state->mutex);
+    for (int i = 0; i < NSTRIPES; i++) {
+        _PyMutex_at_fork_reinit(&state->stripes[i].mutex);
+    }
 #else
     state->mutex = (_PyTraceMalloc_Lock){0};
 #endif
@@ -2428,6 +2833,15 @@ _PyTraceMalloc_LockBiasedForTesting(void)
     tm_state_t *state = interp_state(_PyInterpreterState_GET());
     return _Py_atomic_load_int_relaxed(&state->mutex.biased);
 #endif
+}
+
+
+int
+_PyTraceMalloc_StripeForTesting(uintptr_t ptr)
+{
+    tm_state_t *state = interp_state(_PyInterpreterState_GET());
+    stripe_t *stripe = stripe_to_find(state, ptr);
+    return stripe != NULL ? (int)(stripe - state->stripes) : -1;
 }
 
 
@@ -2505,16 +2919,21 @@ retrace_object(uintptr_t ptr)
         return -1;
     }
 
+    stripe_t *stripe = stripe_to_find(state, ptr);
+    if (stripe == NULL) {
+        return -1;
+    }
     int res = -1;
-    lock_own_state(state);
-    if (state->tracing) {
+    lock_stripe(state, stripe, 1);
+    traces_t *traces = stripe->traces;
+    if (state->tracing && traces != NULL) {
         size_t size, old_size;
         uint32_t old_traceback;
-        if (traces_get(state->traces, ptr, &size, &old_traceback)) {
+        if (traces_get(traces, ptr, &size, &old_traceback)) {
             /* update the traceback of the memory block */
-            traceback_t *traceback = traceback_new(state, tstate, 1);
+            traceback_t *traceback = traceback_new(state, stripe, tstate, 1);
             if (traceback != NULL
-                && traces_set(state->traces, ptr, size, traceback->index,
+                && traces_set(traces, ptr, size, traceback->index,
                               &old_size) >= 0)
             {
                 res = 0;
@@ -2522,7 +2941,7 @@ retrace_object(uintptr_t ptr)
         }
         /* else: cannot track the object, its memory block size is unknown */
     }
-    unlock_own_state(state);
+    unlock_stripe(state, stripe, 1);
     return res;
 }
 
@@ -2570,11 +2989,12 @@ PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
     tm_state_t *state = interp_state(tstate->interp);
     last_attached = state;
     int res = -2;
-    lock_state(state);
+    stripe_t *stripe = stripe_to_trace(state, ptr);
+    lock_stripe(state, stripe, 0);
     if (state->tracing) {
-        res = add_trace(state, tstate, 1, domain, ptr, size);
+        res = add_trace(state, stripe, tstate, 1, domain, ptr, size);
     }
-    unlock_state(state);
+    unlock_stripe(state, stripe, 0);
     return res;
 }
 
@@ -2852,8 +3272,9 @@ count_domain(_Py_hashtable_t *domains, const void *key, const void *value,
 static int
 snapshot_copy(snapshot_t *snapshot, tm_state_t *state, interned_t *interned)
 {
-    size_t count = state->traces->count;
-    _Py_hashtable_foreach(state->domains, count_domain, &count);
+    traces_t *traces[NSTRIPES];
+    state_traces(state, traces);
+    size_t count = tables_count(traces, state->domains);
     snapshot->count = 0;
     snapshot->capacity = count;
     snapshot->traces = raw_malloc(Py_MAX(count, 1)
@@ -2863,7 +3284,7 @@ snapshot_copy(snapshot_t *snapshot, tm_state_t *state, interned_t *interned)
     }
     snapshot->ntracebacks = interned->nindex;
     snapshot_add_t args = {snapshot, interned};
-    tables_visit(state->traces, state->domains, snapshot_add_trace, &args);
+    tables_visit(traces, state->domains, snapshot_add_trace, &args);
     assert(snapshot->count == count);
     return 0;
 }
@@ -3056,8 +3477,7 @@ _PyTraceMalloc_ClearTraces(void)
     int swapped = state->tracing;
     if (swapped) {
         tables_swap(state, &tables, 0);
-        state->traced_memory = 0;
-        state->peak_traced_memory = 0;
+        reset_traced(state);
     }
     unlock_state(state);
     if (swapped) {
@@ -3098,10 +3518,17 @@ state_memory(tm_state_t *state)
         size = interned->tracebacks_capacity * sizeof(uint32_t);
         size += _Py_hashtable_size(interned->filenames);
         size += interned->index_capacity * sizeof(traceback_t *);
-        size += traces_memory(state->traces);
+        for (int i = 0; i < NSTRIPES; i++) {
+            stripe_t *stripe = &state->stripes[i];
+            if (stripe->traces != NULL) {
+                size += traces_memory(stripe->traces);
+            }
+            if (stripe->cache != NULL) {
+                size += capture_cache_size(stripe->cache);
+            }
+        }
         size += _Py_hashtable_size(state->domains);
         _Py_hashtable_foreach(state->domains, add_domain_size, &size);
-        size += capture_cache_size(state->cache);
     }
     return size;
 }
@@ -3112,7 +3539,7 @@ _PyTraceMalloc_GetTracedMemory(void)
 {
     tm_state_t *state = interp_state(_PyInterpreterState_GET());
     lock_state(state);
-    Py_ssize_t size = state->traced_memory;
+    Py_ssize_t size = traced_now(state);
     Py_ssize_t peak_size = state->peak_traced_memory;
     unlock_state(state);
     return Py_BuildValue("nn", size, peak_size);
@@ -3124,7 +3551,7 @@ _PyTraceMalloc_ResetPeak(void)
 {
     tm_state_t *state = interp_state(_PyInterpreterState_GET());
     lock_state(state);
-    state->peak_traced_memory = state->traced_memory;
+    state->peak_traced_memory = traced_now(state);
     unlock_state(state);
 }
 
@@ -3136,8 +3563,12 @@ static size_t
 leftovers_memory(const leftovers_t *left)
 {
     size_t size = sizeof(leftovers_t);
-    if (left->traces != NULL) {
-        size += traces_memory(left->traces);
+    if (left->domains != NULL) {
+        for (int i = 0; i < NSTRIPES; i++) {
+            if (left->traces[i] != NULL) {
+                size += traces_memory(left->traces[i]);
+            }
+        }
         size += _Py_hashtable_size(left->domains);
         _Py_hashtable_foreach(left->domains, add_domain_size, &size);
     }
@@ -3420,12 +3851,14 @@ state_interp(tm_state_t *state)
 static interp_row_t
 state_row(tm_state_t *state)
 {
-    size_t count = state->traces->count;
-    _Py_hashtable_foreach(state->domains, count_domain, &count);
+    traces_t *traces[NSTRIPES];
+    state_traces(state, traces);
+    size_t count = tables_count(traces, state->domains);
+    size_t traced = traced_now(state);
     return (interp_row_t){
         .id = state_interp(state)->id,
         .max_nframe = state->max_nframe,
-        .traced = state->traced_memory,
+        .traced = traced,
         .peak = state->peak_traced_memory,
         .count = count,
         .memory = state_memory(state),

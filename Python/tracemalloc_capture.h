@@ -5,11 +5,14 @@
    Included by Python/tracemalloc.c only (as Python/thread.c includes
    thread_pthread.h), so that the allocation hook inlines traceback_new().
    It uses the raw_*() allocators and hash table helpers of tracemalloc.c.
-   Capturing and interning run with the mutex of the state whose tables
-   they change held (see pycore_tracemalloc.h); with take_refs == 0, the
+   Capturing runs with the lock of the stripe whose capture cache it uses
+   held, and interning with the state's shared tables locked too (see
+   pycore_tracemalloc.h); with take_refs == 0, the
    thread state is not attached, and no reference count may change.  A
    session's cache and interned tables are made and destroyed with no
-   lock held, before they are shared or once nothing can reach them.
+   lock held, before they are shared or once nothing can reach them, but
+   for the caches of stripes other than the first, made with the stripe's
+   lock held when a thread first allocates there.
 
    Capturing a traceback walks the frames, decodes a line number for each
    one and interns the result.  Decoding (PyCode_Addr2Line()) and interning
@@ -594,13 +597,13 @@ intern_traceback(interned_t *interned, traceback_t *traceback)
 
 
 /* Build and intern the traceback whose key traceback_new() captured in
-   state->cache->keys; with use_cache, take line numbers from the cache and
-   cache the result. */
+   cache->keys; with use_cache, take line numbers from the cache and cache
+   the result.  The interned tables are shared by the stripes. */
 static traceback_t *
-traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
-                uint64_t epoch, int use_cache)
+traceback_build(tm_state_t *state, capture_cache_t *cache, int nframe,
+                int total, uint64_t hash, uint64_t epoch, int use_cache)
 {
-    capture_cache_t *cache = state->cache;
+    lock_shared(state);
     traceback_t *traceback = cache->traceback;
     traceback->nframe = (uint16_t)nframe;
     traceback->total_nframe = (uint16_t)total;
@@ -617,6 +620,7 @@ traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
                                           key.code->co_filename, 0);
     }
     traceback_t *result = intern_traceback(state->interned, traceback);
+    unlock_shared(state);
     if (use_cache && result != NULL) {
         cache_traceback(cache, result, nframe, total, hash, epoch);
     }
@@ -627,14 +631,22 @@ traceback_build(tm_state_t *state, int nframe, int total, uint64_t hash,
 /* Capture the current traceback of tstate (NULL: none) and intern it.
    With take_refs == 0, tstate is not attached: reference counts may not be
    touched, so only filenames already interned are used, and the cache is
-   left alone.  Called with the state's mutex held. */
+   left alone.  Called with the lock of the stripe held, whose capture
+   cache is used. */
 static inline Py_ALWAYS_INLINE traceback_t *
-traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
+traceback_new(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
+              int take_refs)
 {
     if (tstate == NULL) {
         return &runtime_state.empty_traceback;
     }
-    capture_cache_t *cache = state->cache;
+    capture_cache_t *cache = stripe->cache;
+    if (STRIPE_IS_LAZY && cache == NULL
+        && (cache = stripe_cache_new(state, stripe)) == NULL)
+    {
+        return NULL;
+    }
+    assert(cache != NULL);
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
     int total;
     uint64_t hash;
@@ -649,7 +661,8 @@ traceback_new(tm_state_t *state, PyThreadState *tstate, int take_refs)
             return cached;
         }
     }
-    return traceback_build(state, nframe, total, hash, epoch, take_refs);
+    return traceback_build(state, cache, nframe, total, hash, epoch,
+                           take_refs);
 }
 
 

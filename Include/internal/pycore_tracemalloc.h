@@ -21,16 +21,23 @@ extern "C" {
 
        1. _PyRuntime.tracemalloc.hooks_mutex   start/stop only, may detach
        2. _PyRuntime.tracemalloc.mutex         the registry
-       3. interp->tracemalloc.mutex            one interpreter's tables
+       3. interp->tracemalloc.stripes[i].mutex one stripe of an interpreter's
+                                               traces (free-threaded build;
+                                               several: in the order of i)
+       4. interp->tracemalloc.mutex            the rest of its tables
 
-   Locks 2 and 3 are taken by the allocator hooks, so waiting for them
+   Locks 2 to 4 are taken by the allocator hooks, so waiting for them
    never detaches the thread state (_Py_LOCK_DONT_DETACH), and they are
    never held across anything that can detach the thread state, call Python
    code, or allocate through the hooked allocators (tracemalloc allocates
-   its own memory with the original raw allocator).  At most one
-   interpreter mutex is held at a time, except by a thread about to fork
+   its own memory with the original raw allocator).  The locks of one
+   interpreter only are held at a time, except by a thread about to fork
    (_PyTraceMalloc_BeforeFork()), which takes them all: the others never
-   wait for anything while holding one. */
+   wait for anything while holding one.
+
+   "The state's locks" below means all of 3 and 4: whoever holds them has
+   the interpreter's tables to itself.  The default build has a single
+   stripe, whose lock is the state's mutex. */
 
 
 /* Trace memory blocks allocated by PyMem_RawMalloc() */
@@ -133,14 +140,57 @@ typedef struct {
 #endif
 
 
+/* The free-threaded build splits the traces of an interpreter into
+   stripes, so that its threads trace without contending: each stripe has
+   its own lock, traces table and capture cache.  A thread traces into the
+   stripe of the segment of 32 MiB of address space its block lies in,
+   which is the stripe of the thread that first traced a block there:
+   mimalloc gives each thread segments of its own, so each thread traces
+   into its own stripe, and a single thread into one, as in the default
+   build, whose threads take turns, and which has one stripe. */
+#ifdef Py_GIL_DISABLED
+#  define _PyTraceMalloc_NSTRIPES 16
+#  define _PyTraceMalloc_NSEGMENTS 1024
+#else
+#  define _PyTraceMalloc_NSTRIPES 1
+#endif
+
+struct tracemalloc_stripe {
+#ifdef Py_GIL_DISABLED
+    /* Protects the fields below. */
+    PyMutex mutex;
+    /* Size in bytes of the blocks traced in the stripe (of every domain),
+       and what it was when last added to the state's traced_memory. */
+    size_t traced_memory;
+    size_t flushed_memory;
+#endif
+    /* pointer => (size, traceback) of the stripe's blocks of the default
+       domain; NULL until one is traced (the first stripe's is made when
+       the session starts).  In the default build, protected by the state's
+       mutex. */
+    struct tracemalloc_traces *traces;
+    /* The capture cache of the threads that allocate in the stripe (see
+       Python/tracemalloc_capture.h), made as traces is.  Same
+       protection. */
+    struct tracemalloc_capture_cache *cache;
+#ifdef Py_GIL_DISABLED
+    /* A cache line of its own */
+    char padding[64 - 5 * sizeof(void *)];
+#endif
+};
+
+
 /* One interpreter's tracemalloc state: interp->tracemalloc. */
 struct _tracemalloc_interp_state {
-    /* Protects every field below. */
+    /* Protects every field below but the stripes, whose locks protect
+       them.  The fields changed only with all of the state's locks held
+       (see the lock order) may be read under any one of them. */
     _PyTraceMalloc_Lock mutex;
 
-    /* Non-zero while the interpreter traces.  Written under the mutex and
-       the runtime mutex (the registry changes with it); the hooks read it
-       without a lock as a hint and check it again under the mutex. */
+    /* Non-zero while the interpreter traces.  Written under the state's
+       locks and the runtime mutex (the registry changes with it); the
+       hooks read it without a lock as a hint and check it again under the
+       lock of a stripe. */
     int tracing;
 
     /* The tag of the current (or last) tracing session in the owner map
@@ -151,18 +201,17 @@ struct _tracemalloc_interp_state {
     uint32_t owner_tag;
 
     /* Traceback limit of the current (or last) tracing session; 0 until
-       the interpreter first starts tracing, which reads as the default 1. */
+       the interpreter first starts tracing, which reads as the default 1.
+       Written under the state's locks. */
     int max_nframe;
 
-    /* Size in bytes of currently traced memory, and its peak. */
+    /* Size in bytes of currently traced memory, and its peak.  In the
+       free-threaded build, traced_memory is the sum of what the stripes
+       added to it (their flushed_memory), which they do once theirs has
+       changed by 64 KiB since, with an atomic add; the stripes raise
+       peak_traced_memory, atomically too, to the highest sum they see. */
     size_t traced_memory;
     size_t peak_traced_memory;
-
-    /* The interned tracebacks of recent frame chains, and line numbers
-       per (code object, instruction), so that the frames of a traceback
-       seen before are neither decoded nor interned again, and the buffers
-       a traceback is captured into (see Python/tracemalloc.c). */
-    struct tracemalloc_capture_cache *cache;
 
     /* Bumped by _PyTraceMalloc_ForgetCode(), atomically and without the
        mutex, each time a code object of the interpreter dies: the cache is
@@ -170,19 +219,29 @@ struct _tracemalloc_interp_state {
     uint64_t code_epoch;
 
     /* Bumped each time the tables below are replaced (start, stop,
-       clear_traces()): a trace dropped from them is put back only into
-       the same ones. */
+       clear_traces()), under the state's locks: a trace dropped from them
+       is put back only into the same ones. */
     uint64_t generation;
 
-    /* Interned tracebacks and filenames; one reference is the state's. */
+    /* Interned tracebacks and filenames; one reference is the state's.
+       Replaced under the state's locks. */
     struct tracemalloc_interned *interned;
 
-    /* pointer => (size, traceback) of the default domain. */
-    struct tracemalloc_traces *traces;
-
     /* domain (unsigned int) => traces (struct tracemalloc_traces*) of the
-       other domains. */
+       other domains.  Replaced under the state's locks. */
     _Py_hashtable_t *domains;
+
+    /* The traces of the default domain and the capture caches. */
+    struct tracemalloc_stripe stripes[_PyTraceMalloc_NSTRIPES];
+
+#ifdef Py_GIL_DISABLED
+    /* The stripe of each segment, plus one, or 0 if no block was traced
+       there yet; by the segment's number modulo _PyTraceMalloc_NSEGMENTS
+       (segments that far apart share a stripe).  Set once, with an atomic
+       compare-and-exchange, and kept for the interpreter's life: a trace
+       is always in the stripe of its segment. */
+    uint8_t segment_stripes[_PyTraceMalloc_NSEGMENTS];
+#endif
 };
 
 
@@ -348,6 +407,10 @@ extern void _PyTraceMalloc_AfterFork_Child(void);
 PyAPI_FUNC(void) _PyTraceMalloc_LockRegistryForTesting(int lock);
 PyAPI_FUNC(uint64_t) _PyTraceMalloc_GetLookupsElsewhere(void);
 PyAPI_FUNC(int) _PyTraceMalloc_LockBiasedForTesting(void);
+
+/* For _testinternalcapi: the stripe of the calling interpreter that the
+   trace of a block at ptr goes to, or -1 if its segment has none yet. */
+PyAPI_FUNC(int) _PyTraceMalloc_StripeForTesting(uintptr_t ptr);
 
 /* For _testinternalcapi: the traces table of Python/tracemalloc_table.h
    on its own.  Set, get and pop return as traces_set(), traces_get() and
