@@ -1205,18 +1205,27 @@ state_traces(tm_state_t *state, traces_t *traces[NSTRIPES])
 
 /* --- Traces of one interpreter (the lock of their stripe held) ---------- */
 
-/* The traceback of the trace of ptr, or NULL.  Called with all the
-   state's locks held. */
-static traceback_t *
-find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
+/* The table that would hold the trace of ptr in a domain, or NULL if
+   there is none.  Called with all the state's locks held. */
+static traces_t *
+find_traces_table(tm_state_t *state, unsigned int domain, uintptr_t ptr)
 {
     stripe_t *stripe = stripe_to_find(state, ptr);
     if (stripe == NULL) {
         return NULL;
     }
-    traces_t *traces = (domain == DEFAULT_DOMAIN)
-        ? stripe->traces
-        : _Py_hashtable_get(state->domains, TO_PTR(domain));
+    if (domain == DEFAULT_DOMAIN) {
+        return stripe->traces;
+    }
+    return _Py_hashtable_get(state->domains, TO_PTR(domain));
+}
+
+/* The traceback of the trace of ptr, or NULL.  Called with all the
+   state's locks held. */
+static traceback_t *
+find_traceback(tm_state_t *state, unsigned int domain, uintptr_t ptr)
+{
+    traces_t *traces = find_traces_table(state, domain, ptr);
     size_t size;
     uint32_t traceback;
     if (traces == NULL || !traces_get(traces, ptr, &size, &traceback)) {
@@ -1622,11 +1631,8 @@ restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
     /* A state is only looked at while registered: it may be gone. */
     if (is_registered(state)) {
         lock_state(state);
-        /* the trace was in that stripe */
-        stripe_t *stripe = stripe_to_find(state, ptr);
-        traces_t *traces = (stripe == NULL) ? NULL
-            : (domain == DEFAULT_DOMAIN) ? stripe->traces
-            : _Py_hashtable_get(state->domains, TO_PTR(domain));
+        /* the trace was in that table, of the stripe of ptr */
+        traces_t *traces = find_traces_table(state, domain, ptr);
         size_t old_size;
         if (state->tracing && state->generation == dropped->generation
             && traces != NULL
@@ -1636,7 +1642,7 @@ restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
             if (traces->counted) {
                 owner_map_add(ptr, state->owner_tag, 1);
             }
-            count_traced(state, stripe, dropped->size);
+            count_traced(state, stripe_to_find(state, ptr), dropped->size);
         }
         unlock_state(state);
     }
