@@ -74,12 +74,15 @@ endif
 
 B := build/$(VARIANT)
 CC_VARIANT := $(or $(CC_$(VARIANT)),gcc)
-CCACHE := $(shell command -v ccache 2>/dev/null)
+# Looked up when configure runs, after `deps` may have installed it: a
+# fresh machine would otherwise configure without it, and configure again
+# (a full build) once it is there.
+CCACHE = $(shell command -v ccache 2>/dev/null)
 # ccache keys paths relative to the checkout, so that another clone of the
 # same sources (CI's) finds what this one compiled.
 export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
-CONFIGURE_ARGS := $(CONF_$(VARIANT)) CC="$(strip $(CCACHE) $(CC_VARIANT))"
+CONFIGURE_ARGS = $(CONF_$(VARIANT)) CC="$(strip $(CCACHE) $(CC_VARIANT))"
 
 # What `python -VV` shows: "(tmfork/<Debian revision of the base>:<commit>".
 FORK_TAG := $(shell sed -n 's/^FORK_TAG=//p' base.conf)
