@@ -46,13 +46,13 @@
 
 #include <stdarg.h>               // va_list
 #include <stdlib.h>               // malloc()
+#ifdef MS_WINDOWS
+#  include <windows.h>            // Sleep()
+#else
+#  include <sched.h>              // sched_yield()
+#  include <time.h>               // nanosleep()
+#endif
 #ifndef Py_GIL_DISABLED
-#  ifdef MS_WINDOWS
-#    include <windows.h>          // Sleep()
-#  else
-#    include <sched.h>            // sched_yield()
-#    include <time.h>             // nanosleep()
-#  endif
 #  if defined(__linux__) && defined(__has_include)
 #    if __has_include(<linux/membarrier.h>)
 #      include <linux/membarrier.h>   // MEMBARRIER_CMD_PRIVATE_EXPEDITED
@@ -245,6 +245,64 @@ unlock_registry(void)
     PyMutex_Unlock(&runtime_state.mutex);
 }
 
+/* --- Spinlocks (see _PyTraceMalloc_SpinLock) ---------------------------- */
+
+/* Wait for a lock word: spin a little, then yield the CPU, then sleep,
+   for the holder may be copying a large snapshot. */
+static void
+backoff(unsigned int attempt)
+{
+    if (attempt < 64) {
+        return;
+    }
+#ifdef MS_WINDOWS
+    Sleep(attempt < 1024 ? 0 : 1);
+#else
+    if (attempt < 1024) {
+        sched_yield();
+    }
+    else {
+        struct timespec pause = {0, 50 * 1000};
+        nanosleep(&pause, NULL);
+    }
+#endif
+}
+
+static inline int
+spin_try_lock(_PyTraceMalloc_SpinLock *lock)
+{
+    int unlocked = 0;
+    return _Py_atomic_compare_exchange_int(&lock->locked, &unlocked, 1);
+}
+
+static Py_NO_INLINE void
+spin_lock_contended(_PyTraceMalloc_SpinLock *lock)
+{
+    for (unsigned int attempt = 0; ; attempt++) {
+        if (_Py_atomic_load_int_relaxed(&lock->locked) == 0
+            && spin_try_lock(lock))
+        {
+            return;
+        }
+        backoff(attempt);
+    }
+}
+
+static inline void
+spin_lock(_PyTraceMalloc_SpinLock *lock)
+{
+    if (!spin_try_lock(lock)) {
+        spin_lock_contended(lock);
+    }
+}
+
+static inline void
+spin_unlock(_PyTraceMalloc_SpinLock *lock)
+{
+    assert(_Py_atomic_load_int_relaxed(&lock->locked) == 1);
+    _Py_atomic_store_int_release(&lock->locked, 0);
+}
+
 #ifdef Py_GIL_DISABLED
 /* The lock of one stripe of the state's traces; own says that the
    caller's thread state is attached to the interpreter of state, which
@@ -253,14 +311,14 @@ static inline void
 lock_stripe(tm_state_t *Py_UNUSED(state), stripe_t *stripe,
             int Py_UNUSED(own))
 {
-    PyMutex_LockFlags(&stripe->mutex, _Py_LOCK_DONT_DETACH);
+    spin_lock(&stripe->lock);
 }
 
 static inline void
 unlock_stripe(tm_state_t *Py_UNUSED(state), stripe_t *stripe,
               int Py_UNUSED(own))
 {
-    PyMutex_Unlock(&stripe->mutex);
+    spin_unlock(&stripe->lock);
 }
 
 /* The lock of the rest of the state's tables (the interned tracebacks,
@@ -282,7 +340,7 @@ static void
 lock_state(tm_state_t *state)
 {
     for (int i = 0; i < NSTRIPES; i++) {
-        PyMutex_LockFlags(&state->stripes[i].mutex, _Py_LOCK_DONT_DETACH);
+        spin_lock(&state->stripes[i].lock);
     }
     lock_shared(state);
 }
@@ -292,7 +350,7 @@ unlock_state(tm_state_t *state)
 {
     unlock_shared(state);
     for (int i = NSTRIPES - 1; i >= 0; i--) {
-        PyMutex_Unlock(&state->stripes[i].mutex);
+        spin_unlock(&state->stripes[i].lock);
     }
 }
 
@@ -302,14 +360,14 @@ static int
 try_lock_state(tm_state_t *state)
 {
     int i = 0;
-    while (i < NSTRIPES && PyMutex_LockFast(&state->stripes[i].mutex._bits)) {
+    while (i < NSTRIPES && spin_try_lock(&state->stripes[i].lock)) {
         i++;
     }
     if (i == NSTRIPES && PyMutex_LockFast(&state->mutex._bits)) {
         return 1;
     }
     while (--i >= 0) {
-        PyMutex_Unlock(&state->stripes[i].mutex);
+        spin_unlock(&state->stripes[i].lock);
     }
     return 0;
 }
@@ -385,62 +443,6 @@ heavy_barrier(void)
     Py_FatalError("tracemalloc: no memory barrier to revoke a biased lock");
 }
 
-/* Wait for a lock word: spin a little, then yield the CPU, then sleep,
-   for the holder may be copying a large snapshot. */
-static void
-backoff(unsigned int attempt)
-{
-    if (attempt < 64) {
-        return;
-    }
-#ifdef MS_WINDOWS
-    Sleep(attempt < 1024 ? 0 : 1);
-#else
-    if (attempt < 1024) {
-        sched_yield();
-    }
-    else {
-        struct timespec pause = {0, 50 * 1000};
-        nanosleep(&pause, NULL);
-    }
-#endif
-}
-
-static inline int
-spin_try_lock(_PyTraceMalloc_Lock *lock)
-{
-    int unlocked = 0;
-    return _Py_atomic_compare_exchange_int(&lock->locked, &unlocked, 1);
-}
-
-static Py_NO_INLINE void
-spin_lock_contended(_PyTraceMalloc_Lock *lock)
-{
-    for (unsigned int attempt = 0; ; attempt++) {
-        if (_Py_atomic_load_int_relaxed(&lock->locked) == 0
-            && spin_try_lock(lock))
-        {
-            return;
-        }
-        backoff(attempt);
-    }
-}
-
-static inline void
-spin_lock(_PyTraceMalloc_Lock *lock)
-{
-    if (!spin_try_lock(lock)) {
-        spin_lock_contended(lock);
-    }
-}
-
-static inline void
-spin_unlock(_PyTraceMalloc_Lock *lock)
-{
-    assert(_Py_atomic_load_int_relaxed(&lock->locked) == 1);
-    _Py_atomic_store_int_release(&lock->locked, 0);
-}
-
 /* Does this thread own state (see above)? */
 static inline int
 is_owner(tm_state_t *state)
@@ -483,7 +485,7 @@ lock_own_state(tm_state_t *state)
     assert(is_owner(state));
     assert(!lock->busy && !lock->owner_locked);
     if (!owner_enter_biased(lock)) {
-        spin_lock(lock);
+        spin_lock(&lock->spin);
         owner_locked(lock);
     }
 }
@@ -495,7 +497,7 @@ unlock_own_state(tm_state_t *state)
     assert(is_owner(state));
     if (lock->owner_locked) {
         lock->owner_locked = 0;
-        spin_unlock(lock);
+        spin_unlock(&lock->spin);
     }
     else {
         assert(lock->busy);
@@ -509,9 +511,9 @@ static int
 outsider_lock(_PyTraceMalloc_Lock *lock, int wait)
 {
     if (wait) {
-        spin_lock(lock);
+        spin_lock(&lock->spin);
     }
-    else if (!spin_try_lock(lock)) {
+    else if (!spin_try_lock(&lock->spin)) {
         return 0;
     }
     lock->unbiased_runs = 0;
@@ -524,7 +526,7 @@ outsider_lock(_PyTraceMalloc_Lock *lock, int wait)
          _Py_atomic_load_int_acquire(&lock->busy); attempt++)
     {
         if (!wait) {
-            spin_unlock(lock);
+            spin_unlock(&lock->spin);
             return 0;
         }
         backoff(attempt);
@@ -550,7 +552,7 @@ unlock_state(tm_state_t *state)
         unlock_own_state(state);
     }
     else {
-        spin_unlock(&state->mutex);
+        spin_unlock(&state->mutex.spin);
     }
 }
 
@@ -569,7 +571,7 @@ try_lock_state(tm_state_t *state)
     if (owner_enter_biased(lock)) {
         return 1;
     }
-    if (!spin_try_lock(lock)) {
+    if (!spin_try_lock(&lock->spin)) {
         return 0;
     }
     lock->owner_locked = 1;
@@ -2767,7 +2769,7 @@ reinit_state_lock(tm_state_t *state)
 #ifdef Py_GIL_DISABLED
     _PyMutex_at_fork_reinit(&state->mutex);
     for (int i = 0; i < NSTRIPES; i++) {
-        _PyMutex_at_fork_reinit(&state->stripes[i].mutex);
+        state->stripes[i].lock = (_PyTraceMalloc_SpinLock){0};
     }
 #else
     state->mutex = (_PyTraceMalloc_Lock){0};

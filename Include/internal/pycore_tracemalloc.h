@@ -21,7 +21,7 @@ extern "C" {
 
        1. _PyRuntime.tracemalloc.hooks_mutex   start/stop only, may detach
        2. _PyRuntime.tracemalloc.mutex         the registry
-       3. interp->tracemalloc.stripes[i].mutex one stripe of an interpreter's
+       3. interp->tracemalloc.stripes[i].lock  one stripe of an interpreter's
                                                traces (free-threaded build;
                                                several: in the order of i)
        4. interp->tracemalloc.mutex            the rest of its tables
@@ -101,9 +101,18 @@ struct tracemalloc_interned {
 };
 
 
+/* A spinlock: taken with an atomic compare-and-exchange, released with a
+   store, where PyMutex_Unlock() needs a compare-and-exchange too to learn
+   whether a waiter is parked.  A waiter spins a little, then yields the
+   CPU, then sleeps.  Python/tracemalloc.c has its functions. */
+typedef struct {
+    int locked;                 /* 1 while held */
+} _PyTraceMalloc_SpinLock;
+
 /* The lock of one interpreter's tables (lock 3 above).
 
-   The free-threaded build, whose threads contend, uses a PyMutex.
+   The free-threaded build, whose threads contend, uses a PyMutex (its
+   stripes, a _PyTraceMalloc_SpinLock each).
 
    In the default build, the interpreter's own threads take it one at a
    time, since they hold its GIL; only threads from outside (with no thread
@@ -120,9 +129,9 @@ struct tracemalloc_interned {
 typedef PyMutex _PyTraceMalloc_Lock;
 #else
 typedef struct {
-    /* The spinlock: held by a thread from outside, or by the owner while
-       the lock is not biased.  Taken with an atomic compare-and-exchange. */
-    int locked;
+    /* Held by a thread from outside, or by the owner while the lock is not
+       biased. */
+    _PyTraceMalloc_SpinLock spin;
     /* Non-zero while the lock is biased: the owner enters by setting busy.
        Set by the owner and cleared by an outsider, both holding locked. */
     int biased;
@@ -157,8 +166,11 @@ typedef struct {
 
 struct tracemalloc_stripe {
 #ifdef Py_GIL_DISABLED
-    /* Protects the fields below. */
-    PyMutex mutex;
+    /* Protects the fields below.  Held for a few hundred instructions by
+       the hooks, and mostly by the thread the stripe is for: a spinlock
+       costs them one atomic operation per block where a PyMutex costs
+       two. */
+    _PyTraceMalloc_SpinLock lock;
     /* Size in bytes of the blocks traced in the stripe (of every domain),
        and what it was when last added to the state's traced_memory. */
     size_t traced_memory;
