@@ -1401,6 +1401,20 @@ count_domain_traces(_Py_hashtable_t *domains, const void *key,
     return 0;
 }
 
+/* Count in the owner map, under tag, the traces of the tables of a state
+   or of leftovers that do not count already. */
+static void
+tables_count_owner(traces_t *const traces[NSTRIPES],
+                   _Py_hashtable_t *domains, uint32_t tag)
+{
+    for (int i = 0; i < NSTRIPES; i++) {
+        if (traces[i] != NULL) {
+            count_domain_traces(NULL, NULL, traces[i], &tag);
+        }
+    }
+    _Py_hashtable_foreach(domains, count_domain_traces, &tag);
+}
+
 /* Make the owner map, and count in it the traces of every tracing state
    and of the leftovers (those of a table that counts already are
    counted).  Called with the
@@ -1419,14 +1433,9 @@ owner_map_make(void)
     for (Py_ssize_t i = 0; i < runtime_state.ntracing; i++) {
         tm_state_t *state = runtime_state.tracing[i];
         lock_state(state);
-        uint32_t tag = state->owner_tag;
-        for (int j = 0; j < NSTRIPES; j++) {
-            if (state->stripes[j].traces != NULL) {
-                count_domain_traces(NULL, NULL, state->stripes[j].traces,
-                                    &tag);
-            }
-        }
-        _Py_hashtable_foreach(state->domains, count_domain_traces, &tag);
+        traces_t *traces[NSTRIPES];
+        state_traces(state, traces);
+        tables_count_owner(traces, state->domains, state->owner_tag);
         unlock_state(state);
     }
     /* The leftovers too: their frees must go the slow way. */
@@ -1434,13 +1443,7 @@ owner_map_make(void)
          left = left->next)
     {
         if (left->count != 0) {
-            uint32_t tag = left->owner_tag;
-            for (int j = 0; j < NSTRIPES; j++) {
-                if (left->traces[j] != NULL) {
-                    count_domain_traces(NULL, NULL, left->traces[j], &tag);
-                }
-            }
-            _Py_hashtable_foreach(left->domains, count_domain_traces, &tag);
+            tables_count_owner(left->traces, left->domains, left->owner_tag);
         }
     }
 }
@@ -2487,6 +2490,28 @@ leftovers_free_tables(leftovers_t *left)
     }
 }
 
+/* Remove the trace of ptr from a set of leftovers, storing its size in
+   *size; return the table it was in, or NULL if the set had none. */
+static traces_t *
+leftovers_pop(leftovers_t *left, unsigned int domain, uintptr_t ptr,
+              size_t *size)
+{
+    if (domain != DEFAULT_DOMAIN) {
+        traces_t *traces = _Py_hashtable_get(left->domains, TO_PTR(domain));
+        return (traces != NULL && traces_pop(traces, ptr, size, NULL)
+                ? traces : NULL);
+    }
+    /* The stripes of the segments went with the interpreter: look in
+       each. */
+    for (int i = 0; i < NSTRIPES; i++) {
+        traces_t *traces = left->traces[i];
+        if (traces != NULL && traces_pop(traces, ptr, size, NULL)) {
+            return traces;
+        }
+    }
+    return NULL;
+}
+
 /* Remove the trace of a freed block from the leftovers, if there; return
    1 if it was.  Called with the registry locked, by a hook: the list does
    not change, but a set that loses its last trace frees its tables. */
@@ -2499,21 +2524,8 @@ leftovers_untrace(unsigned int domain, uintptr_t ptr)
         if (left->count == 0) {
             continue;
         }
-        /* The stripes of the segments went with the interpreter: look in
-           each. */
-        traces_t *traces = NULL;
         size_t size;
-        for (int i = 0; i < NSTRIPES && traces == NULL; i++) {
-            traces = (domain == DEFAULT_DOMAIN)
-                ? left->traces[i]
-                : _Py_hashtable_get(left->domains, TO_PTR(domain));
-            if (traces != NULL && !traces_pop(traces, ptr, &size, NULL)) {
-                traces = NULL;
-            }
-            if (domain != DEFAULT_DOMAIN) {
-                break;
-            }
-        }
+        traces_t *traces = leftovers_pop(left, domain, ptr, &size);
         if (traces == NULL) {
             continue;
         }
