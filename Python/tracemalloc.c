@@ -225,9 +225,10 @@ static _Py_thread_local const dropped_t *untraced_trace = NULL;
    its blocks to. */
 static _Py_thread_local tm_state_t *last_attached = NULL;
 
-/* The block this thread allocated last through the hooks, traced there or
-   left untraced (by a snapshot being converted, say), until it becomes an
-   object (see _PyTraceMalloc_TraceRef()) or is freed: 0 if none. */
+/* The block this thread allocated or reallocated last through the hooks,
+   traced there or left untraced (by a snapshot being converted, say),
+   until it becomes an object (see _PyTraceMalloc_TraceRef()) or is freed:
+   0 if none. */
 static _Py_thread_local uintptr_t last_allocated = 0;
 
 
@@ -1733,6 +1734,9 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
         /* else: the block was resized and cannot be given back; it stays
            untraced rather than failing the realloc() */
     }
+    /* A resized str or bytes object becomes an object again
+       (_Py_NewReference()) with the trace it has just been given. */
+    last_allocated = (uintptr_t)ptr2;
     reentrant = 0;
     return ptr2;
 }
