@@ -74,7 +74,13 @@ builds: only overhead at 1 frame and threads, with their targets
 
 Single-threaded timings use process CPU time (time.process_time), which is
 robust against other load on the machine; scaling and threads use wall
-time.  The load average at the start and the end is printed.  Child
+time.  The children of the single-threaded sections (untraced, overhead,
+memory, snapshot) are pinned to one CPU, the same for both builds: the
+fastest of a short calibration by default (--cpu).  The CPUs of a virtual
+machine can differ in speed for long stretches (a busy neighbour on the
+same physical core), and a child that migrates between two of them in
+the middle of a pair skews its ratio.  The load average at the start and
+the end is printed.  Child
 processes run with PYTHONHASHSEED=0 and without user site-packages.
 
 Targets missed are reported as such; the exit status is 0 whenever all
@@ -1302,12 +1308,22 @@ def child_env():
     return env
 
 
-def run_child(python, mode, spec, timeout=1800):
+# The modes of the single-threaded sections, whose children are pinned to
+# one CPU (see --cpu).
+PINNED_MODES = ('untraced', 'overhead', 'memory', 'heap')
+
+
+def run_child(python, mode, spec, timeout=1800, cpu=None):
     cmd = [python, '-s', '-P', os.path.abspath(__file__),
            '--child', mode, json.dumps(spec)]
+    pin = None
+    if cpu is not None:
+        def pin():
+            os.sched_setaffinity(0, {cpu})
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env=child_env(), timeout=timeout)
+                              env=child_env(), timeout=timeout,
+                              preexec_fn=pin)
     except subprocess.TimeoutExpired:
         raise ChildError('%s %s: timed out after %d s' % (python, mode, timeout))
     except OSError as exc:
@@ -1366,6 +1382,7 @@ class Bench:
         self.raw = {}
         self.errors = []
         self.notes = []
+        self.cpu = None             # see choose_cpu()
 
     def log(self, msg):
         print('[bench %6.1fs] %s' % (time.monotonic() - self.t0, msg),
@@ -1373,8 +1390,9 @@ class Bench:
 
     def child(self, which, mode, spec):
         t = time.monotonic()
+        cpu = self.cpu if mode in PINNED_MODES else None
         try:
-            return run_child(self.pythons[which], mode, spec)
+            return run_child(self.pythons[which], mode, spec, cpu=cpu)
         finally:
             self.log('%s %s %s: %.1f s' % (which, mode, json.dumps(
                 {k: v for k, v in spec.items() if k != 'names'}),
@@ -1662,9 +1680,27 @@ class Bench:
                 'ran but contended (spinning, shared cache lines)'
                 if frames else '')
 
+    def choose_cpu(self):
+        """The CPU of the single-threaded sections (see --cpu)."""
+        a = self.args
+        if a.cpu == 'none':
+            return None, {}
+        if isinstance(a.cpu, int):
+            return a.cpu, {}
+        times = calibrate_cpus()
+        if not times:
+            return None, {}
+        return min(times, key=times.get), times
+
     def run(self):
         a = self.args
         self.t0 = time.monotonic()
+        self.cpu, self.calibration = self.choose_cpu()
+        self.log('single-threaded sections pinned to %s%s' % (
+            'no CPU' if self.cpu is None else 'CPU %d' % self.cpu,
+            ' (calibration: %s)' % ', '.join(
+                'CPU %d %.3f s' % kv for kv in sorted(self.calibration.items()))
+            if self.calibration else ''))
         sections = [
             ('untraced', self.untraced),
             ('overhead', self.overhead),
@@ -1733,6 +1769,16 @@ def text_table(rows):
     return '\n'.join(lines)
 
 
+def pinned_text(meta):
+    if meta['cpu'] is None:
+        return 'not pinned'
+    text = 'pinned to CPU %d' % meta['cpu']
+    if meta['cpu_calibration_s']:
+        text += ' (the fastest: %s)' % ', '.join(
+            'CPU %s %.3f s' % kv for kv in meta['cpu_calibration_s'].items())
+    return text
+
+
 def markdown(bench, meta):
     cells = table_cells(bench.rows)
     md = ['# tracemalloc benchmark: fork vs upstream%s' % (
@@ -1745,6 +1791,7 @@ def markdown(bench, meta):
           '- machine: %s, %d CPUs, load average %s at start, %s at end' % (
               meta['platform'], meta['nproc'], meta['loadavg_start'],
               meta['loadavg_end']),
+          '- single-threaded sections: %s' % pinned_text(meta),
           '- repetitions: %d (upstream overhead pairs %d, memory %d, '
           'scaling and threads %d), workload scale %g, wall time %.0f s' % (
               meta['reps'], meta['upstream_pairs'], meta['mem_reps'],
@@ -1785,6 +1832,35 @@ def loadavg():
         return '?'
 
 
+def allowed_cpus():
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:
+        return set()
+
+
+def calibrate_cpus():
+    """{cpu: seconds} for a short CPU-bound loop pinned to each allowed
+    CPU (the best of 3), or {} where affinity cannot be set."""
+    cpus = allowed_cpus()
+    if len(cpus) < 2:
+        return {}
+    times = {}
+    try:
+        for cpu in sorted(cpus):
+            os.sched_setaffinity(0, {cpu})
+            best = None
+            for _ in range(3):
+                t0 = time.process_time()
+                sum(i * i for i in range(300_000))
+                t = time.process_time() - t0
+                best = t if best is None else min(best, t)
+            times[cpu] = best
+    finally:
+        os.sched_setaffinity(0, cpus)
+    return times
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
@@ -1813,7 +1889,17 @@ def parse_args(argv):
                    'naming only workloads runs untraced, overhead and scaling '
                    '(with --ft: overhead and threads) with them' % (
                        ', '.join(SECTIONS), ', '.join(WORKLOAD_NAMES)))
+    p.add_argument('--cpu', default='auto', metavar='N|auto|none',
+                   help='the CPU to pin the single-threaded sections to: a '
+                   'number, auto (the fastest of a calibration; the '
+                   'default) or none')
     a = p.parse_args(argv)
+    if a.cpu not in ('auto', 'none'):
+        try:
+            a.cpu = int(a.cpu)
+        except ValueError:
+            p.error('--cpu: expected a CPU number, auto or none, got %r'
+                    % a.cpu)
     if a.reps is None:
         a.reps = 2 if a.quick else 5
     if a.reps < 1:
@@ -1828,6 +1914,9 @@ def parse_args(argv):
         ncpu = os.cpu_count() or 1
     a.nproc = ncpu
     a.nmax = max(2, ncpu)
+    if isinstance(a.cpu, int) and a.cpu not in allowed_cpus():
+        p.error('--cpu: CPU %d is not one this process may run on (%s)'
+                % (a.cpu, ', '.join(map(str, sorted(allowed_cpus())))))
     default = FT_SECTIONS if a.ft else DEFAULT_SECTIONS
     a.frames = FRAMES[:1] if a.ft else FRAMES
     a.names, a.sections = list(WORKLOAD_NAMES), list(default)
@@ -1881,14 +1970,18 @@ def main(argv):
                                meta['loadavg_start'], meta['loadavg_end'],
                                args.nproc))
     meta['elapsed_s'] = round(bench.elapsed, 1)
+    meta['cpu'] = bench.cpu
+    meta['cpu_calibration_s'] = {str(k): round(v, 4)
+                                 for k, v in bench.calibration.items()}
 
     table = text_table(bench.rows)
     print()
     print('fork:     %s\nupstream: %s' % (meta['fork_version'],
                                           meta['upstream_version']))
     print('medians ± median absolute deviation; %d reps; load average %s '
-          '-> %s; %.0f s\n' % (args.reps, meta['loadavg_start'],
-                               meta['loadavg_end'], bench.elapsed))
+          '-> %s; %s; %.0f s\n' % (args.reps, meta['loadavg_start'],
+                                   meta['loadavg_end'], pinned_text(meta),
+                                   bench.elapsed))
     print(table)
     for r in bench.rows:
         if r['note'] and r['note'] != 'error':
