@@ -48,7 +48,10 @@
    moves the traces of the leaves holding fewer than LEAF_MIN_TRACES to
    the spill.  Smaller tables keep their sparse leaves: their memory is
    small, and the traces of a workload that allocates and frees in a few
-   windows would go back and forth.
+   windows would go back and forth.  Tables of fewer than
+   KEEP_EMPTY_WINDOWS leaves keep their empty leaves too, for the same
+   reason; larger ones drop them when they grow, or once most of their
+   leaves are empty.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
@@ -109,6 +112,7 @@
 #define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
 #define LEAF_MIN_TRACES 4           /* fewer, and a rebuild spills them */
 #define DEMOTE_MIN_WINDOWS 1024     /* in a table of at least this many leaves */
+#define KEEP_EMPTY_WINDOWS 512      /* below, a table keeps its empty leaves */
 #define SPILLED_BITS 14             /* counters of spilled traces */
 #define SPILLED_STUCK UINT8_MAX     /* a counter that stays there */
 #define RECENT_BITS 5               /* windows in the cache of recent ones */
@@ -903,6 +907,11 @@ windows_rebuild_ex(traces_t *traces, int demote)
 {
     uint32_t live = 0;
     demote = demote || (traces->nwindows >= DEMOTE_MIN_WINDOWS);
+    /* A small table keeps its empty leaves: blocks come back to the same
+       windows, and mimalloc sweeps each of its pages before it reuses a
+       block, so that a table dropping them made and freed a leaf for one
+       allocation in three, and rebuilt itself every few dozen. */
+    int keep_empty = (traces->nwindows < KEEP_EMPTY_WINDOWS);
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         window_slot_t *slot = &traces->windows[i];
         if (slot->window == 0) {
@@ -912,7 +921,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
         if (demote && n != 0 && n < LEAF_MIN_TRACES) {
             n = (leaf_demote(traces, slot->window, slot->leaf) < 0);
         }
-        live += (n != 0);
+        live += (n != 0 || keep_empty);
     }
     uint64_t capacity = MIN_WINDOWS_CAPACITY;
     while (capacity < 2 * ((uint64_t)live + 1)) {
@@ -931,7 +940,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
         if (slot.window == 0) {
             continue;
         }
-        if (leaf_is_empty(slot.leaf)) {
+        if (!keep_empty && leaf_is_empty(slot.leaf)) {
             leaf_free(traces, slot.leaf);
             continue;
         }
@@ -1204,7 +1213,7 @@ traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
         *entry = 0;
         traces->count--;
         size_t in_leaves = traces->count - traces->nspilled - traces->has_top;
-        if (traces->nwindows > 2 * in_leaves + MIN_WINDOWS_CAPACITY) {
+        if (traces->nwindows > 2 * in_leaves + KEEP_EMPTY_WINDOWS) {
             /* Most leaves are empty: a burst of blocks was freed. */
             (void)windows_rebuild(traces);  /* or stay as it is */
         }
