@@ -50,8 +50,8 @@
    small, and the traces of a workload that allocates and frees in a few
    windows would go back and forth.  Tables of fewer than
    KEEP_EMPTY_WINDOWS leaves keep their empty leaves too, for the same
-   reason; larger ones drop them when they grow, or once most of their
-   leaves are empty.
+   reason, but when compacted; larger ones drop them when they grow, or
+   once most of their leaves are empty.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
@@ -905,14 +905,15 @@ leaf_demote(traces_t *traces, uintptr_t window, leaf_ref_t ref)
 static int
 windows_rebuild_ex(traces_t *traces, int demote)
 {
-    uint32_t live = 0;
     demote = demote || (traces->nwindows >= DEMOTE_MIN_WINDOWS);
-    /* A small table keeps its empty leaves: blocks come back to the same
-       windows, and mimalloc sweeps each of its pages before it reuses a
-       block, so that a table dropping them made and freed a leaf for one
-       allocation in three, and rebuilt itself every few dozen. */
-    int keep_empty = (traces->nwindows < KEEP_EMPTY_WINDOWS);
-    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+    /* A small table keeps its empty leaves, unless compacted: blocks come
+       back to the same windows, and mimalloc sweeps each of its pages
+       before it reuses a block, so that a table dropping them made and
+       freed a leaf for one allocation in three, and rebuilt itself every
+       few dozen.  Every leaf then stays, and none needs counting. */
+    int keep_empty = (!demote && traces->nwindows < KEEP_EMPTY_WINDOWS);
+    uint32_t live = keep_empty ? traces->nwindows : 0;
+    for (uint32_t i = 0; !keep_empty && i < traces->windows_capacity; i++) {
         window_slot_t *slot = &traces->windows[i];
         if (slot->window == 0) {
             continue;
@@ -921,7 +922,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
         if (demote && n != 0 && n < LEAF_MIN_TRACES) {
             n = (leaf_demote(traces, slot->window, slot->leaf) < 0);
         }
-        live += (n != 0 || keep_empty);
+        live += (n != 0);
     }
     uint64_t capacity = MIN_WINDOWS_CAPACITY;
     while (capacity < 2 * ((uint64_t)live + 1)) {
