@@ -80,8 +80,8 @@ fastest of a short calibration by default (--cpu).  The CPUs of a virtual
 machine can differ in speed for long stretches (a busy neighbour on the
 same physical core), and a child that migrates between two of them in
 the middle of a pair skews its ratio.  The load average at the start and
-the end is printed.  Child
-processes run with PYTHONHASHSEED=0 and without user site-packages.
+the end is printed.  Child processes run with PYTHONHASHSEED=0 and without
+user site-packages.
 
 Targets missed are reported as such; the exit status is 0 whenever all
 measurements ran, 1 if a child process crashed or a measurement failed.
@@ -1382,7 +1382,7 @@ class Bench:
         self.raw = {}
         self.errors = []
         self.notes = []
-        self.cpu = None             # see choose_cpu()
+        self.cpu, self.calibration = None, {}   # see choose_cpu()
 
     def log(self, msg):
         print('[bench %6.1fs] %s' % (time.monotonic() - self.t0, msg),
@@ -1696,11 +1696,8 @@ class Bench:
         a = self.args
         self.t0 = time.monotonic()
         self.cpu, self.calibration = self.choose_cpu()
-        self.log('single-threaded sections pinned to %s%s' % (
-            'no CPU' if self.cpu is None else 'CPU %d' % self.cpu,
-            ' (calibration: %s)' % ', '.join(
-                'CPU %d %.3f s' % kv for kv in sorted(self.calibration.items()))
-            if self.calibration else ''))
+        self.log('single-threaded sections: %s'
+                 % pinned_text(self.cpu, self.calibration))
         sections = [
             ('untraced', self.untraced),
             ('overhead', self.overhead),
@@ -1769,13 +1766,15 @@ def text_table(rows):
     return '\n'.join(lines)
 
 
-def pinned_text(meta):
-    if meta['cpu'] is None:
+def pinned_text(cpu, calibration):
+    """Where the single-threaded sections ran: cpu (None: not pinned), and
+    the calibration's {cpu: seconds} that chose it, if any."""
+    if cpu is None:
         return 'not pinned'
-    text = 'pinned to CPU %d' % meta['cpu']
-    if meta['cpu_calibration_s']:
+    text = 'pinned to CPU %d' % cpu
+    if calibration:
         text += ' (the fastest: %s)' % ', '.join(
-            'CPU %s %.3f s' % kv for kv in meta['cpu_calibration_s'].items())
+            'CPU %s %.3f s' % kv for kv in calibration.items())
     return text
 
 
@@ -1791,7 +1790,8 @@ def markdown(bench, meta):
           '- machine: %s, %d CPUs, load average %s at start, %s at end' % (
               meta['platform'], meta['nproc'], meta['loadavg_start'],
               meta['loadavg_end']),
-          '- single-threaded sections: %s' % pinned_text(meta),
+          '- single-threaded sections: %s' % pinned_text(
+              meta['cpu'], meta['cpu_calibration_s']),
           '- repetitions: %d (upstream overhead pairs %d, memory %d, '
           'scaling and threads %d), workload scale %g, wall time %.0f s' % (
               meta['reps'], meta['upstream_pairs'], meta['mem_reps'],
@@ -1908,10 +1908,7 @@ def parse_args(argv):
     a.scale = 0.4 if a.quick else 1.0
     a.mem_reps = 1 if a.quick else 3
     a.scaling_reps = 1 if a.quick else 3
-    try:
-        ncpu = len(os.sched_getaffinity(0))
-    except AttributeError:
-        ncpu = os.cpu_count() or 1
+    ncpu = len(allowed_cpus()) or os.cpu_count() or 1
     a.nproc = ncpu
     a.nmax = max(2, ncpu)
     if isinstance(a.cpu, int) and a.cpu not in allowed_cpus():
@@ -1980,7 +1977,9 @@ def main(argv):
                                           meta['upstream_version']))
     print('medians ± median absolute deviation; %d reps; load average %s '
           '-> %s; %s; %.0f s\n' % (args.reps, meta['loadavg_start'],
-                                   meta['loadavg_end'], pinned_text(meta),
+                                   meta['loadavg_end'],
+                                   pinned_text(meta['cpu'],
+                                               meta['cpu_calibration_s']),
                                    bench.elapsed))
     print(table)
     for r in bench.rows:
