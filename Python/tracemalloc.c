@@ -42,6 +42,7 @@
 #include "pycore_runtime.h"       // _Py_ID()
 #include "pycore_traceback.h"     // _Py_DumpASCII()
 #include "pycore_tracemalloc.h"
+#include "pycore_tstate.h"        // _PyThreadStateImpl
 #include <pycore_frame.h>
 
 #include <stdarg.h>               // va_list

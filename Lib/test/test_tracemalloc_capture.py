@@ -41,6 +41,72 @@ def call_at_depth(depth, func, *args):
     return call_at_depth(depth - 1, func, *args)
 
 
+def stack_depth():
+    """The number of frames of the caller's stack, the caller's included."""
+    depth, frame = 0, sys._getframe(1)
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def compile_descent(nlocals):
+    """Return a function descend(path, leaf) that calls path[0](path[1:],
+    leaf), or leaf() if path is empty, from a frame of nlocals local
+    variables: functions of different frame sizes, to put frames of
+    different depths at the same addresses of the data stack."""
+    names = [f'v{i}' for i in range(nlocals)]
+    lines = ['def descend(path, leaf):']
+    if names:
+        lines.append(f'    {", ".join(names)} = {", ".join(["0"] * nlocals)}')
+    lines.append('    if not path: return leaf()')
+    lines.append('    return path[0](path[1:], leaf)')
+    namespace = {}
+    exec(compile('\n'.join(lines), f'<descend-{nlocals}>', 'exec'), namespace)
+    return namespace['descend']
+
+
+def sized_allocator(filename):
+    """Return a function of one argument n that allocates a new bytes
+    object of n bytes, in a code object whose file name is filename."""
+    namespace = {}
+    exec(compile('def alloc(n):\n    return bytes(n)', filename, 'exec'),
+         namespace)
+    return namespace['alloc']
+
+
+def totals_by_size(filename, sizes):
+    """{n: total_nframe} of the bytes objects of n bytes, for n in sizes,
+    that the function sized_allocator() made for filename allocated."""
+    header = sys.getsizeof(b'')
+    totals = {trace.size - header: trace.traceback.total_nframe
+              for trace in tracemalloc.take_snapshot().traces
+              if trace.traceback[-1].filename == filename
+              and trace.traceback[-1].lineno == 2}
+    return {n: totals.get(n) for n in sizes}
+
+
+class DepthRecorder:
+    """Allocates bytes objects of distinct sizes with the function of
+    sized_allocator(filename), and records the depth of each allocation."""
+
+    def __init__(self, filename):
+        self.filename = filename
+        self.alloc = sized_allocator(filename)
+        self.depths = {}
+        self.objs = []
+
+    def allocate(self):
+        size = 100 + len(self.depths)
+        # this frame and those below, and the frame of alloc()
+        self.depths[size] = stack_depth() + 1
+        self.objs.append(self.alloc(size))
+
+    def totals(self):
+        """{size: total_nframe} of the objects allocated, as traced."""
+        return totals_by_size(self.filename, self.depths)
+
+
 def snapshot_tracebacks(filename, i=None):
     """The tracebacks of the objects that the function compile_allocator()
     made for filename allocated: alloc(i) only, if i is given."""
@@ -144,6 +210,86 @@ class CaptureTests(TracingTestCase):
             self.assertEqual(where(obj), (filename, n % 7 + 2))
             del alloc
             gc.collect()
+
+    def test_total_nframe_as_the_stack_moves(self):
+        # The fork counts the frames from the last frames whose count it
+        # knows, as long as they are still on the stack: frames popped and
+        # replaced by others at the same addresses, with another number of
+        # frames below, must be counted again.
+        import random
+        rng = random.Random(3)
+        recorder = DepthRecorder('<moves>')
+        descents = [compile_descent(n) for n in (0, 1, 5, 13, 40)]
+        for _ in range(400):
+            path = [rng.choice(descents) for _ in range(rng.randrange(30))]
+            if path:
+                path[0](path[1:], recorder.allocate)
+            else:
+                recorder.allocate()
+        self.assertEqual(recorder.totals(), recorder.depths)
+
+    def test_total_nframe_through_a_generator(self):
+        # A generator's frame is not on the data stack: alloc() run by the
+        # generator has its frame where alloc() called directly had its
+        # own, with one more frame below.
+        recorder = DepthRecorder('<through>')
+        alloc, depths = recorder.alloc, recorder.depths
+        def gen():
+            size = yield
+            while True:
+                size = yield alloc(size)
+        it = gen()
+        next(it)
+        here = stack_depth()
+        objs = []
+        for size in range(100, 140, 2):
+            objs.append(alloc(size))
+            depths[size] = here + 1
+            objs.append(it.send(size + 1))
+            depths[size + 1] = here + 2
+        self.assertEqual(recorder.totals(), depths)
+
+    def test_total_nframe_down_and_up_a_deep_recursion(self):
+        recorder = DepthRecorder('<recursion>')
+        def recurse(n):
+            recorder.allocate()
+            if n:
+                recurse(n - 1)
+                recorder.allocate()
+        recurse(200)
+        self.assertEqual(recorder.totals(), recorder.depths)
+
+    def test_total_nframe_after_an_exception_unwinds(self):
+        recorder = DepthRecorder('<unwinds>')
+        def leaf():
+            recorder.allocate()
+            if len(recorder.objs) % 2:
+                raise ValueError
+        for extra in (20, 3, 15, 1, 30, 2, 400, 150, 700, 5):
+            try:
+                call_at_depth(extra, leaf)
+            except ValueError:
+                pass
+        self.assertEqual(recorder.totals(), recorder.depths)
+
+    def test_total_nframe_in_threads(self):
+        # Threads taking turns, each at its own depth.
+        import threading
+        recorder = DepthRecorder('<threads>')
+        turns = [threading.Semaphore(0), threading.Semaphore(0)]
+        def run(me, extra):
+            for i in range(20):
+                turns[me].acquire()
+                call_at_depth(extra + i % 3, recorder.allocate)
+                turns[1 - me].release()
+        threads = [threading.Thread(target=run, args=(0, 12)),
+                   threading.Thread(target=run, args=(1, 2))]
+        for thread in threads:
+            thread.start()
+        turns[0].release()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(recorder.totals(), recorder.depths)
 
     def test_generator_resumed_from_different_depths(self):
         alloc = compile_allocator('<gen>', 1)
