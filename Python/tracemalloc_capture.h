@@ -48,6 +48,11 @@
    MAX_PASSED <= MAX_ANCHORS / 2). */
 #define MAX_ANCHORS 64
 #define MAX_PASSED 32
+/* Captures kept by the frame on top and its instruction (a power of
+   two; see "Reusing a capture") */
+#define NMEMOS 32
+/* Memos refused before make_memo() resets the mark */
+#define MEMO_RESET_AFTER 64
 
 /* The key of a frame.  lasti is as wide as a pointer, so that comparing
    two keys is comparing two pairs of words. */
@@ -84,6 +89,14 @@ typedef struct {
     int count;
 } anchor_t;
 
+/* The traceback captured with frame on top of the thread, at instr_ptr */
+typedef struct {
+    _PyInterpreterFrame *frame;     /* NULL if the entry is empty */
+    _Py_CODEUNIT *instr_ptr;
+    traceback_t *traceback;
+    uintptr_t generation;           /* the cache's memo_generation then */
+} memo_t;
+
 struct tracemalloc_capture_cache {
     /* Direct mapped by code object and instruction */
     line_entry_t *lines;
@@ -118,6 +131,12 @@ struct tracemalloc_capture_cache {
     int stride;
     int nnoted;
     anchor_t noted[MAX_PASSED];
+    /* Tracebacks captured on anchors_of, by the frame on top and its
+       instruction, valid under the same rule as the anchors, and only
+       those of the current generation; direct mapped */
+    uintptr_t memo_generation;
+    unsigned int memos_refused;     /* as the frame was above the mark */
+    memo_t memos[NMEMOS];
 };
 
 typedef struct tracemalloc_capture_cache capture_cache_t;
@@ -490,12 +509,36 @@ note_frame(capture_cache_t *cache, _PyInterpreterFrame *pyframe, int above)
     cache->noted[cache->nnoted++] = (anchor_t){pyframe, above};
 }
 
+/* Have the thread state keep its mark for cache from now on: forget the
+   anchors whose frame the mark says was popped (all of them if it was
+   kept for another cache, or the cache for another thread) and all the
+   memos, and reset it. */
+static Py_NO_INLINE void
+reset_mark(capture_cache_t *cache, PyThreadState *tstate)
+{
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
+    uintptr_t mark = impl->tracemalloc_pop_mark;
+    if (cache->anchors_of != tstate
+        || impl->tracemalloc_frames_owner != (void *)cache)
+    {
+        mark = 0;
+    }
+    (void)drop_popped_anchors(cache, mark);
+    /* Sorting out the memos still valid would cost more than capturing
+       again what the frames on the stack allocate. */
+    cache->memo_generation++;
+    cache->anchors_of = tstate;
+    impl->tracemalloc_frames_owner = cache;
+    impl->tracemalloc_pop_mark = UINTPTR_MAX;
+}
+
 /* Make anchors of the frames noted, now that the total is known, and
    have the thread state keep the mark for them.  Not needed when none
    was noted: the anchors kept are below the mark. */
 static Py_NO_INLINE void
 settle_anchors(capture_cache_t *cache, PyThreadState *tstate, int total)
 {
+    reset_mark(cache, tstate);
     int n = cache->nanchors;
     int m = cache->nnoted;
     if (total >= UINT16_MAX) {
@@ -513,10 +556,6 @@ settle_anchors(capture_cache_t *cache, PyThreadState *tstate, int total)
     cache->nnoted = 0;
     cache->npassed = 0;
     cache->stride = 1;
-    cache->anchors_of = tstate;
-    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
-    impl->tracemalloc_frames_owner = cache;
-    impl->tracemalloc_pop_mark = UINTPTR_MAX;
 }
 
 /* The number of frames from pyframe (complete, or NULL) down, below the
@@ -566,7 +605,7 @@ count_all_frames(PyThreadState *tstate)
    cache->keys, and return the number stored, or -1 on memory error;
    *total gets the number of frames, up to UINT16_MAX, and *hash the hash
    of the whole key. */
-static inline int
+static inline Py_ALWAYS_INLINE int
 capture_keys(PyThreadState *tstate, capture_cache_t *cache,
              int *total, uint64_t *hash)
 {
@@ -621,6 +660,89 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
     *total = count;
     *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
     return nframe;
+}
+
+/* --- Reusing a capture ----------------------------------------------
+
+   While a frame is on the stack, the frames below it stay as they are,
+   each at the instruction that called the one above: only the frame on
+   top runs.  So the traceback of an allocation is a function of the
+   frame on top and its instruction, for as long as that frame is not
+   popped; and most allocations come from a loop in one frame, calling C
+   functions that allocate.  The cache keeps the tracebacks it captured
+   by that pair, the memos, and tells whether the frame of a memo is
+   still the same one by the thread state's mark, as for the anchors (see
+   "Counting the frames"): below the mark, it was not popped since the
+   memo was made.  A memo is made only for a frame of the thread's data
+   stack (not a generator's, which runs on top of different frames each
+   time it resumes) that is below the mark.
+
+   A memo is the traceback itself: interned tracebacks stay until
+   forget_cached_tracebacks(), and a code object cannot die while a
+   frame runs it.  The debug build captures anyway and checks that the
+   memo is the same traceback. */
+
+static inline memo_t *
+memo_slot(capture_cache_t *cache, _PyInterpreterFrame *frame,
+          _Py_CODEUNIT *instr_ptr)
+{
+    uintptr_t h = ((uintptr_t)instr_ptr >> 1) ^ ((uintptr_t)frame >> 4);
+    return &cache->memos[h & (NMEMOS - 1)];
+}
+
+/* The memo of the frame on top of tstate at its instruction, or NULL. */
+static inline traceback_t *
+find_memo(capture_cache_t *cache, PyThreadState *tstate)
+{
+    _PyInterpreterFrame *frame = tstate->current_frame;
+    if (frame == NULL) {
+        return NULL;
+    }
+    _Py_CODEUNIT *instr_ptr = frame->instr_ptr;
+    memo_t *memo = memo_slot(cache, frame, instr_ptr);
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
+    if (memo->frame != frame || memo->instr_ptr != instr_ptr
+        || memo->generation != cache->memo_generation
+        || (uintptr_t)frame >= impl->tracemalloc_pop_mark
+        || impl->tracemalloc_frames_owner != (void *)cache
+        || cache->anchors_of != tstate)
+    {
+        return NULL;
+    }
+    assert(frame->owner == FRAME_OWNED_BY_THREAD);
+    return memo->traceback;
+}
+
+/* Keep traceback, just captured, as the memo of the frame on top of
+   tstate at its instruction, if that frame can have one. */
+static inline void
+make_memo(capture_cache_t *cache, PyThreadState *tstate,
+          traceback_t *traceback)
+{
+    _PyInterpreterFrame *frame = tstate->current_frame;
+    if (frame == NULL || frame->owner != FRAME_OWNED_BY_THREAD) {
+        return;
+    }
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
+    if (cache->anchors_of != tstate
+        || impl->tracemalloc_frames_owner != (void *)cache)
+    {
+        reset_mark(cache, tstate);
+    }
+    else if ((uintptr_t)frame >= impl->tracemalloc_pop_mark) {
+        /* Popped, maybe more than once, since the mark was reset: the
+           memo could not be told from one of an earlier frame there.
+           Only walks that add anchors reset the mark, and with a stack
+           no deeper than the traceback limit there are none: reset it
+           now and then, or the frames of a loop would never get memos
+           once the mark went below them. */
+        if (++cache->memos_refused % MEMO_RESET_AFTER != 0) {
+            return;
+        }
+        reset_mark(cache, tstate);
+    }
+    *memo_slot(cache, frame, frame->instr_ptr) = (memo_t){
+        frame, frame->instr_ptr, traceback, cache->memo_generation};
 }
 
 static traceback_entry_t *
@@ -713,6 +835,7 @@ forget_cached_tracebacks(capture_cache_t *cache)
     memset(cache->tracebacks, 0,
            cache->ntracebacks * sizeof(traceback_entry_t));
     memset(cache->lines, 0, cache->nlines * sizeof(line_entry_t));
+    cache->memo_generation++;
 }
 
 
@@ -832,6 +955,29 @@ traceback_build(tm_state_t *state, capture_cache_t *cache, int nframe,
 }
 
 
+/* Capture the traceback of tstate with cache, and intern it. */
+static inline Py_ALWAYS_INLINE traceback_t *
+capture(tm_state_t *state, capture_cache_t *cache, PyThreadState *tstate,
+        int take_refs)
+{
+    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
+    int total;
+    uint64_t hash;
+    int nframe = capture_keys(tstate, cache, &total, &hash);
+    if (nframe <= 0) {
+        return nframe == 0 ? &runtime_state.empty_traceback : NULL;
+    }
+    if (take_refs && nframe <= cache->entry_nframe) {
+        traceback_t *cached = cached_traceback(cache, nframe, total,
+                                               hash, epoch);
+        if (cached != NULL) {
+            return cached;
+        }
+    }
+    return traceback_build(state, cache, nframe, total, hash, epoch,
+                           take_refs);
+}
+
 /* Capture the current traceback of tstate (NULL: none) and intern it.
    With take_refs == 0, tstate is not attached: reference counts may not be
    touched, so only filenames already interned are used, and the cache is
@@ -851,22 +997,18 @@ traceback_new(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
         return NULL;
     }
     assert(cache != NULL);
-    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
-    int total;
-    uint64_t hash;
-    int nframe = capture_keys(tstate, cache, &total, &hash);
-    if (nframe <= 0) {
-        return nframe == 0 ? &runtime_state.empty_traceback : NULL;
+    traceback_t *memo = take_refs ? find_memo(cache, tstate) : NULL;
+#ifdef NDEBUG
+    if (memo != NULL) {
+        return memo;
     }
-    if (take_refs && nframe <= cache->entry_nframe) {
-        traceback_t *cached = cached_traceback(cache, nframe, total,
-                                               hash, epoch);
-        if (cached != NULL) {
-            return cached;
-        }
+#endif
+    traceback_t *traceback = capture(state, cache, tstate, take_refs);
+    assert(memo == NULL || traceback == NULL || traceback == memo);
+    if (take_refs && traceback != NULL) {
+        make_memo(cache, tstate, traceback);
     }
-    return traceback_build(state, cache, nframe, total, hash, epoch,
-                           take_refs);
+    return traceback;
 }
 
 

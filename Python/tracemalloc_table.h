@@ -1007,7 +1007,7 @@ leaf_of(traces_t *traces, uintptr_t ptr)
 
 /* The entry of ptr, a block of size bytes, added if it has none (with a
    leaf for its window, if needed); NULL on memory error. */
-static inline uint32_t *
+static inline Py_ALWAYS_INLINE uint32_t *
 entry_for(traces_t *traces, uintptr_t ptr, size_t size)
 {
     leaf_ref_t ref = leaf_of(traces, ptr);

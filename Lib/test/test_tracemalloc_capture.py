@@ -50,61 +50,101 @@ def stack_depth():
     return depth
 
 
+def compile_with_locals(signature, nlocals, body, filename):
+    """Compile `def signature:` with body (a list of lines), after
+    assigning nlocals local variables, and return the function: its frames
+    take more room on the data stack as nlocals grows."""
+    lines = [f'def {signature}:']
+    if nlocals:
+        names = ', '.join(f'v{i}' for i in range(nlocals))
+        lines.append(f'    {names} = {", ".join(["0"] * nlocals)}')
+    lines += [f'    {line}' for line in body]
+    namespace = {}
+    exec(compile('\n'.join(lines), filename, 'exec'), namespace)
+    return namespace[signature.partition('(')[0]]
+
+
 def compile_descent(nlocals):
     """Return a function descend(path, leaf) that calls path[0](path[1:],
     leaf), or leaf() if path is empty, from a frame of nlocals local
     variables: functions of different frame sizes, to put frames of
     different depths at the same addresses of the data stack."""
-    names = [f'v{i}' for i in range(nlocals)]
-    lines = ['def descend(path, leaf):']
-    if names:
-        lines.append(f'    {", ".join(names)} = {", ".join(["0"] * nlocals)}')
-    lines.append('    if not path: return leaf()')
-    lines.append('    return path[0](path[1:], leaf)')
-    namespace = {}
-    exec(compile('\n'.join(lines), f'<descend-{nlocals}>', 'exec'), namespace)
-    return namespace['descend']
+    return compile_with_locals(
+        'descend(path, leaf)', nlocals,
+        ['if not path: return leaf()', 'return path[0](path[1:], leaf)'],
+        f'<descend-{nlocals}>')
 
 
-def sized_allocator(filename):
-    """Return a function of one argument n that allocates a new bytes
-    object of n bytes, in a code object whose file name is filename."""
+def compile_quiet_descent(nlocals):
+    """Like compile_descent(), but the function, descend(path, i, leaf,
+    arg), allocates nothing: it calls path[i](path, i + 1, leaf, arg), or
+    leaf(arg) once i == len(path)."""
+    return compile_with_locals(
+        'descend(path, i, leaf, arg)', nlocals,
+        ['if i == len(path): return leaf(arg)',
+         'return path[i](path, i + 1, leaf, arg)'],
+        f'<quiet-{nlocals}>')
+
+
+def sized_allocator(filename, sites=1):
+    """Return a function of one argument n that allocates new bytes objects
+    of n, n + 1, ... bytes, one per site, on lines 2, 3, ... of a code
+    object whose file name is filename, and returns them."""
+    lines = ['def alloc(n):']
+    lines += [f'    obj{k} = bytes(n + {k})' for k in range(sites)]
+    lines.append('    return ' + ', '.join(f'obj{k}' for k in range(sites)))
     namespace = {}
-    exec(compile('def alloc(n):\n    return bytes(n)', filename, 'exec'),
-         namespace)
+    exec(compile('\n'.join(lines), filename, 'exec'), namespace)
     return namespace['alloc']
 
 
 def totals_by_size(filename, sizes):
     """{n: total_nframe} of the bytes objects of n bytes, for n in sizes,
-    that the function sized_allocator() made for filename allocated."""
+    that a function sized_allocator() made for filename allocated."""
     header = sys.getsizeof(b'')
     totals = {trace.size - header: trace.traceback.total_nframe
               for trace in tracemalloc.take_snapshot().traces
               if trace.traceback[-1].filename == filename
-              and trace.traceback[-1].lineno == 2}
+              and trace.traceback[-1].lineno >= 2}
     return {n: totals.get(n) for n in sizes}
 
 
 class DepthRecorder:
-    """Allocates bytes objects of distinct sizes with the function of
-    sized_allocator(filename), and records the depth of each allocation."""
+    """Allocates bytes objects of distinct sizes with a function of
+    sized_allocator(filename, sites), and records the depth of each
+    allocation."""
 
-    def __init__(self, filename):
+    def __init__(self, filename, sites=1):
         self.filename = filename
-        self.alloc = sized_allocator(filename)
+        self.sites = sites
+        self.alloc = sized_allocator(filename, sites)
         self.depths = {}
         self.objs = []
 
     def allocate(self):
         size = 100 + len(self.depths)
         # this frame and those below, and the frame of alloc()
-        self.depths[size] = stack_depth() + 1
+        for k in range(self.sites):
+            self.depths[size + k] = stack_depth() + 1
         self.objs.append(self.alloc(size))
 
     def totals(self):
         """{size: total_nframe} of the objects allocated, as traced."""
         return totals_by_size(self.filename, self.depths)
+
+
+def allocate_down_random_stacks(recorder, seed, count=400):
+    """Call recorder.allocate() count times, each from the bottom of a
+    random stack of up to 30 frames of five sizes (see compile_descent())."""
+    import random
+    rng = random.Random(seed)
+    descents = [compile_descent(n) for n in (0, 1, 5, 13, 40)]
+    for _ in range(count):
+        path = [rng.choice(descents) for _ in range(rng.randrange(30))]
+        if path:
+            path[0](path[1:], recorder.allocate)
+        else:
+            recorder.allocate()
 
 
 def snapshot_tracebacks(filename, i=None):
@@ -216,17 +256,91 @@ class CaptureTests(TracingTestCase):
         # knows, as long as they are still on the stack: frames popped and
         # replaced by others at the same addresses, with another number of
         # frames below, must be counted again.
-        import random
-        rng = random.Random(3)
         recorder = DepthRecorder('<moves>')
-        descents = [compile_descent(n) for n in (0, 1, 5, 13, 40)]
-        for _ in range(400):
-            path = [rng.choice(descents) for _ in range(rng.randrange(30))]
-            if path:
-                path[0](path[1:], recorder.allocate)
-            else:
-                recorder.allocate()
+        allocate_down_random_stacks(recorder, seed=3)
         self.assertEqual(recorder.totals(), recorder.depths)
+
+    def test_total_nframe_of_two_sites_as_the_stack_moves(self):
+        # The fork keeps the traceback of each allocation site of the frame
+        # on top: what it kept for a frame must not be taken for another
+        # one pushed at the same address, with another number of frames
+        # below, once the first is popped.
+        recorder = DepthRecorder('<two-sites>', sites=2)
+        allocate_down_random_stacks(recorder, seed=5)
+        self.assertEqual(recorder.totals(), recorder.depths)
+
+    def test_total_nframe_of_two_sites_below_frames_that_allocate_nothing(self):
+        # The same, with the frame of alloc() the first to allocate on
+        # each new stack: its first site counts the frames, the second
+        # must not take what the fork kept for the frame there before.
+        import random
+        rng = random.Random(7)
+        alloc = sized_allocator('<quiet>', sites=2)
+        descents = [compile_quiet_descent(n) for n in (0, 1, 5, 13, 40)]
+        here = stack_depth()
+        depths, objs = {}, []
+        for j in range(300):
+            path = [rng.choice(descents) for _ in range(rng.randrange(30))]
+            size = 100 + 2 * j
+            # this frame, the path's and alloc()'s
+            depths[size] = depths[size + 1] = here + len(path) + 1
+            if path:
+                objs.append(path[0](path, 1, alloc, size))
+            else:
+                objs.append(alloc(size))
+        self.assertEqual(totals_by_size('<quiet>', depths), depths)
+
+    def test_loop_allocating_between_deep_calls(self):
+        # A frame that stays allocates at one instruction again and again,
+        # while the calls it makes in between push and pop frames (and
+        # allocate) at every depth.
+        recorder = DepthRecorder('<between>')
+        here = stack_depth()
+        objs = []
+        line = sys._getframe().f_lineno + 2
+        for i, extra in enumerate((3, 40, 1, 300, 2, 60, 5, 700, 1)):
+            objs.append(bytes(1000 + i))
+            call_at_depth(extra, recorder.allocate)
+        self.assertEqual(recorder.totals(), recorder.depths)
+        sizes = {sys.getsizeof(obj) for obj in objs}
+        tracebacks = [trace.traceback
+                      for trace in tracemalloc.take_snapshot().traces
+                      if trace.size in sizes]
+        self.assertEqual(len(tracebacks), len(objs))
+        for traceback in tracebacks:
+            self.assertEqual(traceback[-1], tracemalloc.Frame((__file__, line)))
+            self.assertEqual(traceback.total_nframe, here)
+
+    def test_same_instruction_after_clear_traces(self):
+        # clear_traces() drops the tracebacks the fork kept for the frame
+        # on top; the next allocation at the same instruction needs a new
+        # one.
+        objs = []
+        line = sys._getframe().f_lineno + 2
+        for i in range(3):
+            objs.append(bytes(1000 + i))
+            if i == 1:
+                tracemalloc.clear_traces()
+        self.assertIsNone(tracemalloc.get_object_traceback(objs[0]))
+        self.assertIsNone(tracemalloc.get_object_traceback(objs[1]))
+        self.assertEqual(where(objs[2]), (__file__, line))
+        snapshot = tracemalloc.take_snapshot()
+        sizes = {trace.size for trace in snapshot.traces
+                 if trace.traceback[-1] == tracemalloc.Frame((__file__, line))}
+        self.assertIn(sys.getsizeof(objs[2]), sizes)
+
+    def test_same_instruction_across_sessions(self):
+        # A new session has a new traceback limit: nothing kept by the
+        # previous one for the frame on top may be reused.
+        for limit in (1, 3, 1, 25, 2):
+            tracemalloc.stop()
+            tracemalloc.start(limit)
+            obj = bytes(1000)
+            traceback, = [trace.traceback
+                          for trace in tracemalloc.take_snapshot().traces
+                          if trace.size == sys.getsizeof(obj)]
+            self.assertEqual(len(traceback), min(limit, stack_depth()))
+            self.assertEqual(traceback.total_nframe, stack_depth())
 
     def test_total_nframe_through_a_generator(self):
         # A generator's frame is not on the data stack: alloc() run by the
