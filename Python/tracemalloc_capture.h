@@ -449,6 +449,16 @@ drop_popped_anchors(capture_cache_t *cache, uintptr_t mark)
     return n > 0 ? &cache->anchors[n - 1] : &no_anchor;
 }
 
+/* Does tstate keep its mark for cache, and are the anchors and memos of
+   cache those of tstate?  If not, the mark tells nothing about them. */
+static inline int
+keeps_mark_for(PyThreadState *tstate, capture_cache_t *cache)
+{
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
+    return (cache->anchors_of == tstate
+            && impl->tracemalloc_frames_owner == (void *)cache);
+}
+
 /* The highest anchor of tstate still on its stack, or no_anchor; forget
    the others. */
 static inline const anchor_t *
@@ -459,9 +469,7 @@ live_anchor(capture_cache_t *cache, PyThreadState *tstate)
     if (n == 0) {
         return &no_anchor;
     }
-    if (cache->anchors_of != tstate
-        || impl->tracemalloc_frames_owner != (void *)cache)
-    {
+    if (!keeps_mark_for(tstate, cache)) {
         cache->nanchors = 0;
         return &no_anchor;
     }
@@ -517,12 +525,8 @@ static Py_NO_INLINE void
 reset_mark(capture_cache_t *cache, PyThreadState *tstate)
 {
     _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
-    uintptr_t mark = impl->tracemalloc_pop_mark;
-    if (cache->anchors_of != tstate
-        || impl->tracemalloc_frames_owner != (void *)cache)
-    {
-        mark = 0;
-    }
+    uintptr_t mark = keeps_mark_for(tstate, cache)
+                     ? impl->tracemalloc_pop_mark : 0;
     (void)drop_popped_anchors(cache, mark);
     /* Sorting out the memos still valid would cost more than capturing
        again what the frames on the stack allocate. */
@@ -704,8 +708,7 @@ find_memo(capture_cache_t *cache, PyThreadState *tstate)
     if (memo->frame != frame || memo->instr_ptr != instr_ptr
         || memo->generation != cache->memo_generation
         || (uintptr_t)frame >= impl->tracemalloc_pop_mark
-        || impl->tracemalloc_frames_owner != (void *)cache
-        || cache->anchors_of != tstate)
+        || !keeps_mark_for(tstate, cache))
     {
         return NULL;
     }
@@ -724,9 +727,7 @@ make_memo(capture_cache_t *cache, PyThreadState *tstate,
         return;
     }
     _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
-    if (cache->anchors_of != tstate
-        || impl->tracemalloc_frames_owner != (void *)cache)
-    {
+    if (!keeps_mark_for(tstate, cache)) {
         reset_mark(cache, tstate);
     }
     else if ((uintptr_t)frame >= impl->tracemalloc_pop_mark) {
