@@ -48,11 +48,20 @@
    MAX_PASSED <= MAX_ANCHORS / 2). */
 #define MAX_ANCHORS 64
 #define MAX_PASSED 32
-/* Captures kept by the frame on top and its instruction (a power of
-   two; see "Reusing a capture") */
-#define NMEMOS 32
-/* Memos refused before make_memo() resets the mark */
+/* Captures kept by frame and instruction (a power of two; see "Reusing
+   a capture"), the generations of the mark they may date from (a power
+   of two), */
+#define NMEMOS 256
+#define MEMO_GENERATIONS 8
+/* memos refused before store_memo() resets the mark, */
 #define MEMO_RESET_AFTER 64
+/* the frames a capture climbs down looking for a memo before it walks
+   the stack instead (at most: a climb costs about what a walk does over
+   three frames of the traceback, see capture_cache_new()), */
+#define MAX_CLIMB 8
+/* and the tracebacks kept by parent and frame key (powers of two). */
+#define MIN_CHILD_CACHE_SIZE 256
+#define MAX_CHILD_CACHE_SIZE 8192
 
 /* The key of a frame.  lasti is as wide as a pointer, so that comparing
    two keys is comparing two pairs of words. */
@@ -89,13 +98,22 @@ typedef struct {
     int count;
 } anchor_t;
 
-/* The traceback captured with frame on top of the thread, at instr_ptr */
+/* The traceback of the stack from frame down, frame at instr_ptr */
 typedef struct {
     _PyInterpreterFrame *frame;     /* NULL if the entry is empty */
     _Py_CODEUNIT *instr_ptr;
     traceback_t *traceback;
     uintptr_t generation;           /* the cache's memo_generation then */
 } memo_t;
+
+/* The interned traceback of a frame of key on top of the frames of
+   parent (NULL: of no frame) */
+typedef struct {
+    traceback_t *parent;
+    frame_key_t key;            /* key.code is NULL if the entry is empty */
+    uint64_t epoch;
+    traceback_t *traceback;
+} child_entry_t;
 
 struct tracemalloc_capture_cache {
     /* Direct mapped by code object and instruction */
@@ -108,9 +126,11 @@ struct tracemalloc_capture_cache {
     size_t max_ntracebacks;     /* what ntracebacks may grow to */
     size_t traceback_misses;    /* since tracebacks was made */
     int tb_shift;               /* 64 - log2(ntracebacks) */
-    /* The session's traceback limit, and the frames an entry keeps */
+    /* The session's traceback limit, the frames an entry keeps, and the
+       frames a capture climbs down looking for a memo */
     int max_nframe;
     int entry_nframe;
+    int max_climb;
     /* entry_nframe frame keys per entry of tracebacks */
     frame_key_t *tb_keys;
     /* Where the key of the traceback being captured goes, and the frames
@@ -131,12 +151,18 @@ struct tracemalloc_capture_cache {
     int stride;
     int nnoted;
     anchor_t noted[MAX_PASSED];
-    /* Tracebacks captured on anchors_of, by the frame on top and its
-       instruction, valid under the same rule as the anchors, and only
-       those of the current generation; direct mapped */
+    /* Tracebacks of the stacks of anchors_of, by frame and instruction,
+       valid under the same rule as the anchors, and only those of the
+       last MEMO_GENERATIONS generations whose frame is below the floor of
+       their generation: direct mapped */
     uintptr_t memo_generation;
     unsigned int memos_refused;     /* as the frame was above the mark */
+    uintptr_t memo_floor[MEMO_GENERATIONS];
     memo_t memos[NMEMOS];
+    /* Direct mapped by parent and frame key */
+    child_entry_t *children;
+    size_t nchildren;           /* a power of two */
+    size_t child_misses;        /* since children was made */
 };
 
 typedef struct tracemalloc_capture_cache capture_cache_t;
@@ -290,21 +316,23 @@ traceback_hash(traceback_t *traceback)
 }
 
 
-/* Make the line cache four times larger, and empty, once it has missed
-   more often than it has entries. */
-static void
-grow_line_cache(capture_cache_t *cache)
+/* A cache's table of *n entries of size bytes grown, once it has missed
+   more often than it has entries: a table factor times larger, empty,
+   and its misses reset; or table itself if memory is short (it is only a
+   cache). */
+static void *
+grown_table(void *table, size_t *n, size_t *misses, size_t factor,
+            size_t size)
 {
-    size_t n = cache->nlines * 4;
-    line_entry_t *lines = allocators.raw.calloc(allocators.raw.ctx, n,
-                                                sizeof(line_entry_t));
-    if (lines == NULL) {
-        return;  /* it is only a cache */
+    void *grown = allocators.raw.calloc(allocators.raw.ctx, *n * factor,
+                                        size);
+    if (grown == NULL) {
+        return table;
     }
-    raw_free(cache->lines);
-    cache->lines = lines;
-    cache->nlines = n;
-    cache->line_misses = 0;
+    raw_free(table);
+    *n *= factor;
+    *misses = 0;
+    return grown;
 }
 
 /* Fill a frame of key: its line number and interned filename, from the
@@ -325,7 +353,9 @@ cached_frame(capture_cache_t *cache, interned_t *interned, frame_key_t key,
     if (++cache->line_misses > cache->nlines
         && cache->nlines < MAX_LINE_CACHE_SIZE)
     {
-        grow_line_cache(cache);
+        cache->lines = grown_table(cache->lines, &cache->nlines,
+                                   &cache->line_misses, 4,
+                                   sizeof(line_entry_t));
         entry = &cache->lines[h & (cache->nlines - 1)];
     }
     int lineno = PyCode_Addr2Line(key.code,
@@ -461,7 +491,7 @@ keeps_mark_for(PyThreadState *tstate, capture_cache_t *cache)
 
 /* The highest anchor of tstate still on its stack, or no_anchor; forget
    the others. */
-static inline const anchor_t *
+static inline Py_ALWAYS_INLINE const anchor_t *
 live_anchor(capture_cache_t *cache, PyThreadState *tstate)
 {
     _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
@@ -517,10 +547,23 @@ note_frame(capture_cache_t *cache, _PyInterpreterFrame *pyframe, int above)
     cache->noted[cache->nnoted++] = (anchor_t){pyframe, above};
 }
 
+/* Start a new generation of memos, the frames of the others valid below
+   floor at most. */
+static void
+next_memo_generation(capture_cache_t *cache, uintptr_t floor)
+{
+    for (int i = 0; i < MEMO_GENERATIONS; i++) {
+        cache->memo_floor[i] = Py_MIN(cache->memo_floor[i], floor);
+    }
+    cache->memo_generation++;
+    cache->memo_floor[cache->memo_generation % MEMO_GENERATIONS] =
+        UINTPTR_MAX;
+}
+
 /* Have the thread state keep its mark for cache from now on: forget the
    anchors whose frame the mark says was popped (all of them if it was
-   kept for another cache, or the cache for another thread) and all the
-   memos, and reset it. */
+   kept for another cache, or the cache for another thread), keep the
+   mark as the floor of the memos made so far, and reset it. */
 static Py_NO_INLINE void
 reset_mark(capture_cache_t *cache, PyThreadState *tstate)
 {
@@ -528,9 +571,7 @@ reset_mark(capture_cache_t *cache, PyThreadState *tstate)
     uintptr_t mark = keeps_mark_for(tstate, cache)
                      ? impl->tracemalloc_pop_mark : 0;
     (void)drop_popped_anchors(cache, mark);
-    /* Sorting out the memos still valid would cost more than capturing
-       again what the frames on the stack allocate. */
-    cache->memo_generation++;
+    next_memo_generation(cache, mark);
     cache->anchors_of = tstate;
     impl->tracemalloc_frames_owner = cache;
     impl->tracemalloc_pop_mark = UINTPTR_MAX;
@@ -590,12 +631,13 @@ count_frames(capture_cache_t *cache, _PyInterpreterFrame *pyframe, int count,
 }
 
 #ifndef NDEBUG
-/* The number of complete frames of tstate, up to UINT16_MAX, by the book */
+/* The number of complete frames from top down, up to UINT16_MAX, by the
+   book */
 static int
-count_all_frames(PyThreadState *tstate)
+count_all_frames(_PyInterpreterFrame *top)
 {
     int count = 0;
-    for (_PyInterpreterFrame *f = _PyThreadState_GetFrame(tstate);
+    for (_PyInterpreterFrame *f = top;
          f != NULL && count < UINT16_MAX;
          f = _PyFrame_GetFirstComplete(f->previous))
     {
@@ -605,19 +647,18 @@ count_all_frames(PyThreadState *tstate)
 }
 #endif
 
-/* Read the frames of tstate: store the keys of the first max_nframe in
-   cache->keys, and return the number stored, or -1 on memory error;
-   *total gets the number of frames, up to UINT16_MAX, and *hash the hash
-   of the whole key. */
+/* Read the frames of tstate from top, a complete frame (or NULL), down:
+   store the keys of the first max_nframe in cache->keys, and return the
+   number stored, or -1 on memory error; *total gets the number of frames,
+   up to UINT16_MAX, and *hash the hash of the whole key. */
 static inline Py_ALWAYS_INLINE int
 capture_keys(PyThreadState *tstate, capture_cache_t *cache,
-             int *total, uint64_t *hash)
+             _PyInterpreterFrame *top, int *total, uint64_t *hash)
 {
     int nframe = 0;
     int max_nframe = cache->max_nframe;
     frame_key_t *keys = cache->keys;
     uint64_t h = 0;
-    _PyInterpreterFrame *top = _PyThreadState_GetFrame(tstate);
     _PyInterpreterFrame *pyframe = top;
     for (;;) {
         int limit = Py_MIN(max_nframe, cache->capacity);
@@ -660,7 +701,7 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
             }
         }
     }
-    assert(count == count_all_frames(tstate));
+    assert(count == count_all_frames(top));
     *total = count;
     *hash = (h + (uint64_t)count) * UINT64_C(0x9E3779B97F4A7C15);
     return nframe;
@@ -670,45 +711,70 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
 
    While a frame is on the stack, the frames below it stay as they are,
    each at the instruction that called the one above: only the frame on
-   top runs.  So the traceback of an allocation is a function of the
-   frame on top and its instruction, for as long as that frame is not
-   popped; and most allocations come from a loop in one frame, calling C
-   functions that allocate.  The cache keeps the tracebacks it captured
-   by that pair, the memos, and tells whether the frame of a memo is
-   still the same one by the thread state's mark, as for the anchors (see
-   "Counting the frames"): below the mark, it was not popped since the
-   memo was made.  A memo is made only for a frame of the thread's data
-   stack (not a generator's, which runs on top of different frames each
-   time it resumes) that is below the mark.
+   top runs.  So the traceback of the stack from a frame down is a
+   function of that frame and its instruction, for as long as the frame
+   is not popped; and it is the frame's own key on top of the traceback
+   of its caller at the call.  The cache keeps the tracebacks it made by
+   frame and instruction, the memos, and by the traceback below and the
+   key on top, the children.  A capture whose frame on top has no memo
+   climbs down to the first frame that has one, at most max_climb frames
+   (or captures the stack from there as below), and back up making the
+   traceback of each frame the child of the one below it, and its memo:
+   a few lookups per frame climbed, whatever the traceback limit, and
+   most allocations come from a loop in one frame, or from a function it
+   calls again and again.  With a limit of a few frames, capturing from
+   the top is as cheap, and a capture does (max_climb is 0).
 
-   A memo is the traceback itself: interned tracebacks stay until
-   forget_cached_tracebacks(), and a code object cannot die while a
-   frame runs it.  The debug build captures anyway and checks that the
-   memo is the same traceback. */
+   The cache tells whether the frame of a memo is still the same one by
+   the thread state's mark, as for the anchors (see "Counting the
+   frames"): below the mark, it was not popped since the mark was reset.
+   Resetting the mark starts a generation of memos, and the mark is then
+   the floor of those before: their frames at or above it may have been
+   popped since they were made.  The memos of the last MEMO_GENERATIONS
+   generations are kept so.  A memo is made only for a frame of the
+   thread's data stack (not a generator's, which runs on top of different
+   frames each time it resumes) that is below the mark.
+
+   Memos and children are interned tracebacks, which stay until
+   forget_cached_tracebacks(); a code object cannot die while a frame
+   runs it, and children are kept by code epoch, as the rest of the
+   cache.  The debug build captures anyway and checks that the result is
+   the same traceback. */
 
 static inline memo_t *
 memo_slot(capture_cache_t *cache, _PyInterpreterFrame *frame,
           _Py_CODEUNIT *instr_ptr)
 {
+    /* The instructions of a frame, two bytes or more apart, take
+       consecutive slots. */
     uintptr_t h = ((uintptr_t)instr_ptr >> 1) ^ ((uintptr_t)frame >> 4);
     return &cache->memos[h & (NMEMOS - 1)];
 }
 
-/* The memo of the frame on top of tstate at its instruction, or NULL. */
-static inline traceback_t *
-find_memo(capture_cache_t *cache, PyThreadState *tstate)
+/* Is a memo of an earlier generation still valid, its frame below the
+   marks of the resets since? */
+static inline int
+memo_survived(capture_cache_t *cache, memo_t *memo)
 {
-    _PyInterpreterFrame *frame = tstate->current_frame;
-    if (frame == NULL) {
-        return NULL;
-    }
+    uintptr_t generation = memo->generation;
+    return (cache->memo_generation - generation < MEMO_GENERATIONS
+            && (uintptr_t)memo->frame
+               < cache->memo_floor[generation % MEMO_GENERATIONS]);
+}
+
+/* The memo of frame, a frame of tstate, at its instruction, or NULL. */
+static inline Py_ALWAYS_INLINE traceback_t *
+find_memo(capture_cache_t *cache, PyThreadState *tstate,
+          _PyInterpreterFrame *frame)
+{
     _Py_CODEUNIT *instr_ptr = frame->instr_ptr;
     memo_t *memo = memo_slot(cache, frame, instr_ptr);
     _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
     if (memo->frame != frame || memo->instr_ptr != instr_ptr
-        || memo->generation != cache->memo_generation
         || (uintptr_t)frame >= impl->tracemalloc_pop_mark
-        || !keeps_mark_for(tstate, cache))
+        || !keeps_mark_for(tstate, cache)
+        || (memo->generation != cache->memo_generation
+            && !memo_survived(cache, memo)))
     {
         return NULL;
     }
@@ -716,14 +782,13 @@ find_memo(capture_cache_t *cache, PyThreadState *tstate)
     return memo->traceback;
 }
 
-/* Keep traceback, just captured, as the memo of the frame on top of
-   tstate at its instruction, if that frame can have one. */
-static inline void
-make_memo(capture_cache_t *cache, PyThreadState *tstate,
-          traceback_t *traceback)
+/* Keep traceback, just made, as the memo of frame, a frame of tstate, at
+   its instruction, if that frame can have one. */
+static inline Py_ALWAYS_INLINE void
+store_memo(capture_cache_t *cache, PyThreadState *tstate,
+           _PyInterpreterFrame *frame, traceback_t *traceback)
 {
-    _PyInterpreterFrame *frame = tstate->current_frame;
-    if (frame == NULL || frame->owner != FRAME_OWNED_BY_THREAD) {
+    if (frame->owner != FRAME_OWNED_BY_THREAD) {
         return;
     }
     _PyThreadStateImpl *impl = (_PyThreadStateImpl *)tstate;
@@ -733,10 +798,10 @@ make_memo(capture_cache_t *cache, PyThreadState *tstate,
     else if ((uintptr_t)frame >= impl->tracemalloc_pop_mark) {
         /* Popped, maybe more than once, since the mark was reset: the
            memo could not be told from one of an earlier frame there.
-           Only walks that add anchors reset the mark, and with a stack
-           no deeper than the traceback limit there are none: reset it
-           now and then, or the frames of a loop would never get memos
-           once the mark went below them. */
+           Only walks that add anchors reset the mark otherwise, and with
+           a stack no deeper than the traceback limit there are none:
+           reset it now and then, or the frames of a loop would never get
+           memos once the mark went below them. */
         if (++cache->memos_refused % MEMO_RESET_AFTER != 0) {
             return;
         }
@@ -760,7 +825,7 @@ entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
 }
 
 /* The interned traceback of the key in cache->keys, or NULL. */
-static inline traceback_t *
+static inline Py_ALWAYS_INLINE traceback_t *
 cached_traceback(capture_cache_t *cache, int nframe, int total,
                  uint64_t hash, uint64_t epoch)
 {
@@ -836,7 +901,11 @@ forget_cached_tracebacks(capture_cache_t *cache)
     memset(cache->tracebacks, 0,
            cache->ntracebacks * sizeof(traceback_entry_t));
     memset(cache->lines, 0, cache->nlines * sizeof(line_entry_t));
-    cache->memo_generation++;
+    if (cache->children != NULL) {
+        memset(cache->children, 0,
+               cache->nchildren * sizeof(child_entry_t));
+    }
+    next_memo_generation(cache, 0);
 }
 
 
@@ -956,15 +1025,16 @@ traceback_build(tm_state_t *state, capture_cache_t *cache, int nframe,
 }
 
 
-/* Capture the traceback of tstate with cache, and intern it. */
+/* Capture the traceback of the stack from top, a complete frame of tstate
+   (or NULL), down with cache, and intern it. */
 static inline Py_ALWAYS_INLINE traceback_t *
 capture(tm_state_t *state, capture_cache_t *cache, PyThreadState *tstate,
-        int take_refs)
+        _PyInterpreterFrame *top, int take_refs)
 {
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
     int total;
     uint64_t hash;
-    int nframe = capture_keys(tstate, cache, &total, &hash);
+    int nframe = capture_keys(tstate, cache, top, &total, &hash);
     if (nframe <= 0) {
         return nframe == 0 ? &runtime_state.empty_traceback : NULL;
     }
@@ -979,6 +1049,152 @@ capture(tm_state_t *state, capture_cache_t *cache, PyThreadState *tstate,
                            take_refs);
 }
 
+
+static inline child_entry_t *
+child_slot(capture_cache_t *cache, traceback_t *parent, frame_key_t key)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)parent
+                  ^ ((uint64_t)(uintptr_t)key.code << 8)
+                  ^ ((uint64_t)key.lasti << 40))
+                 * UINT64_C(0x9E3779B97F4A7C15);
+    return &cache->children[(h >> 32) & (cache->nchildren - 1)];
+}
+
+/* Build and intern the traceback of a frame of key on top of parent
+   (NULL: of no frame), or return NULL on memory error. */
+static Py_NO_INLINE traceback_t *
+build_child(tm_state_t *state, capture_cache_t *cache, traceback_t *parent,
+            frame_key_t key, uint64_t epoch)
+{
+    int nframe = 1;
+    int total = 1;
+    if (parent != NULL) {
+        nframe = Py_MIN(parent->nframe + 1, cache->max_nframe);
+        total = Py_MIN(parent->total_nframe + 1, UINT16_MAX);
+    }
+    while (cache->capacity < nframe) {
+        if (grow_capture_buffers(cache) < 0) {
+            return NULL;
+        }
+    }
+    lock_shared(state);
+    traceback_t *traceback = cache->traceback;
+    traceback->nframe = (uint16_t)nframe;
+    traceback->total_nframe = (uint16_t)total;
+    cached_frame(cache, state->interned, key, epoch, &traceback->frames[0]);
+    if (nframe > 1) {
+        memcpy(&traceback->frames[1], parent->frames,
+               (size_t)(nframe - 1) * sizeof(frame_t));
+    }
+    traceback_t *result = intern_traceback(state->interned, traceback);
+    unlock_shared(state);
+    return result;
+}
+
+/* The interned traceback of a frame of key on top of parent (NULL: of no
+   frame), or NULL on memory error. */
+static inline traceback_t *
+child_traceback(tm_state_t *state, capture_cache_t *cache,
+                traceback_t *parent, frame_key_t key, uint64_t epoch)
+{
+    child_entry_t *entry = child_slot(cache, parent, key);
+    if (entry->parent == parent && entry->key.code == key.code
+        && entry->key.lasti == key.lasti && entry->epoch == epoch)
+    {
+        return entry->traceback;
+    }
+    traceback_t *traceback = build_child(state, cache, parent, key, epoch);
+    if (traceback == NULL) {
+        return NULL;
+    }
+    if (++cache->child_misses > cache->nchildren
+        && cache->nchildren < MAX_CHILD_CACHE_SIZE)
+    {
+        cache->children = grown_table(cache->children, &cache->nchildren,
+                                      &cache->child_misses, 2,
+                                      sizeof(child_entry_t));
+        entry = child_slot(cache, parent, key);
+    }
+    *entry = (child_entry_t){parent, key, epoch, traceback};
+    return traceback;
+}
+
+/* Capture the traceback of tstate, whose first complete frame is top,
+   from the memos: climb down to the first frame that has one (or capture
+   the frame max_climb frames down), and make the traceback of each frame
+   above it, and its memo, on the way back up (see "Reusing a
+   capture"). */
+static Py_NO_INLINE traceback_t *
+climb_capture(tm_state_t *state, capture_cache_t *cache,
+              PyThreadState *tstate, _PyInterpreterFrame *top)
+{
+    uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
+    _PyInterpreterFrame *climbed[MAX_CLIMB];
+    _PyInterpreterFrame *frame = top;
+    traceback_t *traceback = NULL;
+    int n = 0;
+    for (;;) {
+        if (n == cache->max_climb) {
+            traceback = capture(state, cache, tstate, frame, 1);
+            if (traceback == NULL) {
+                return NULL;
+            }
+            store_memo(cache, tstate, frame, traceback);
+            break;
+        }
+        climbed[n++] = frame;
+        frame = next_complete(frame->previous);
+        if (frame == NULL) {
+            break;      /* the bottom: the frame above is the first */
+        }
+        if (frame->owner == FRAME_OWNED_BY_THREAD) {
+            traceback = find_memo(cache, tstate, frame);
+            if (traceback != NULL) {
+                break;
+            }
+        }
+    }
+    while (n > 0) {
+        frame = climbed[--n];
+        frame_key_t key = {_PyFrame_GetCode(frame),
+                           _PyInterpreterFrame_LASTI(frame)};
+        traceback = child_traceback(state, cache, traceback, key, epoch);
+        if (traceback == NULL) {
+            return NULL;
+        }
+        store_memo(cache, tstate, frame, traceback);
+    }
+    return traceback;
+}
+
+/* Capture the traceback of tstate, whose frame on top has no memo. */
+static inline Py_ALWAYS_INLINE traceback_t *
+capture_without_memo(tm_state_t *state, capture_cache_t *cache,
+                     PyThreadState *tstate)
+{
+    _PyInterpreterFrame *top = _PyThreadState_GetFrame(tstate);
+    if (top == NULL) {
+        return &runtime_state.empty_traceback;
+    }
+    if (top != tstate->current_frame) {
+        /* The frame on top is incomplete; the first complete one may
+           have a memo. */
+        traceback_t *memo = find_memo(cache, tstate, top);
+        if (memo != NULL) {
+            return memo;
+        }
+    }
+    if (cache->max_climb > 0) {
+        return climb_capture(state, cache, tstate, top);
+    }
+    /* What climb_capture() does then, without the call */
+    traceback_t *traceback = capture(state, cache, tstate, top, 1);
+    if (traceback != NULL) {
+        store_memo(cache, tstate, top, traceback);
+    }
+    return traceback;
+}
+
 /* Capture the current traceback of tstate (NULL: none) and intern it.
    With take_refs == 0, tstate is not attached: reference counts may not be
    touched, so only filenames already interned are used, and the cache is
@@ -988,7 +1204,7 @@ static inline Py_ALWAYS_INLINE traceback_t *
 traceback_new(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
               int take_refs)
 {
-    if (tstate == NULL) {
+    if (tstate == NULL || tstate->current_frame == NULL) {
         return &runtime_state.empty_traceback;
     }
     capture_cache_t *cache = stripe->cache;
@@ -998,17 +1214,22 @@ traceback_new(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
         return NULL;
     }
     assert(cache != NULL);
-    traceback_t *memo = take_refs ? find_memo(cache, tstate) : NULL;
-#ifdef NDEBUG
-    if (memo != NULL) {
-        return memo;
+    if (!take_refs) {
+        return capture(state, cache, tstate, _PyThreadState_GetFrame(tstate),
+                       0);
+    }
+    /* The frame on top is mostly complete, and the memo is mostly its. */
+    traceback_t *traceback = find_memo(cache, tstate, tstate->current_frame);
+    if (traceback == NULL) {
+        traceback = capture_without_memo(state, cache, tstate);
+    }
+#ifndef NDEBUG
+    if (traceback != NULL) {
+        traceback_t *captured = capture(state, cache, tstate,
+                                        _PyThreadState_GetFrame(tstate), 1);
+        assert(captured == NULL || captured == traceback);
     }
 #endif
-    traceback_t *traceback = capture(state, cache, tstate, take_refs);
-    assert(memo == NULL || traceback == NULL || traceback == memo);
-    if (take_refs && traceback != NULL) {
-        make_memo(cache, tstate, traceback);
-    }
     return traceback;
 }
 
@@ -1023,6 +1244,7 @@ capture_cache_destroy(capture_cache_t *cache)
     raw_free(cache->tb_keys);
     raw_free(cache->keys);
     raw_free(cache->traceback);
+    raw_free(cache->children);
     raw_free(cache);
 }
 
@@ -1036,7 +1258,8 @@ capture_cache_size(capture_cache_t *cache)
                                     + (size_t)cache->entry_nframe
                                       * sizeof(frame_key_t))
             + (size_t)cache->capacity * sizeof(frame_key_t)
-            + TRACEBACK_SIZE(cache->capacity));
+            + TRACEBACK_SIZE(cache->capacity)
+            + cache->nchildren * sizeof(child_entry_t));
 }
 
 static capture_cache_t *
@@ -1049,6 +1272,11 @@ capture_cache_new(int max_nframe)
     }
     cache->max_nframe = max_nframe;
     cache->entry_nframe = Py_MIN(max_nframe, MAX_CACHED_NFRAME);
+    /* Climbing a frame costs a memo lookup, a child lookup and a memo,
+       about what capturing three frames of a traceback does: at 1 frame
+       (`deepcopy`, `email`) climbing cost up to 23% more instructions
+       than capturing from the top, at 25 frames half as many. */
+    cache->max_climb = Py_MIN(max_nframe / 3, MAX_CLIMB);
     /* As many tracebacks as TRACEBACK_CACHE_KEYS allow, in the end */
     cache->max_ntracebacks = 1024;
     while (cache->max_ntracebacks > MIN_TRACEBACK_CACHE_ENTRIES
@@ -1065,6 +1293,13 @@ capture_cache_new(int max_nframe)
     cache->nlines = MIN_LINE_CACHE_SIZE;
     cache->capacity = Py_MIN(max_nframe, MIN_CAPTURE_FRAMES);
     cache->stride = 1;
+    cache->memo_floor[0] = UINTPTR_MAX;     /* generation 0 is current */
+    if (cache->max_climb > 0) {
+        cache->nchildren = MIN_CHILD_CACHE_SIZE;
+        cache->children = allocators.raw.calloc(allocators.raw.ctx,
+                                                cache->nchildren,
+                                                sizeof(child_entry_t));
+    }
     cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
                                          sizeof(line_entry_t));
     cache->tracebacks = allocators.raw.calloc(allocators.raw.ctx,
@@ -1077,7 +1312,8 @@ capture_cache_new(int max_nframe)
     cache->traceback = raw_malloc(TRACEBACK_SIZE(cache->capacity));
     if (cache->lines == NULL || cache->tracebacks == NULL
         || cache->tb_keys == NULL || cache->keys == NULL
-        || cache->traceback == NULL)
+        || cache->traceback == NULL
+        || (cache->max_climb > 0 && cache->children == NULL))
     {
         capture_cache_destroy(cache);
         return NULL;

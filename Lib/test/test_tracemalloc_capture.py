@@ -109,28 +109,53 @@ def totals_by_size(filename, sizes):
     return {n: totals.get(n) for n in sizes}
 
 
+def outer_frames(frame):
+    """[(filename, lineno)] of frame and the frames below it, the oldest
+    first, as tracemalloc.Traceback orders them."""
+    frames = []
+    while frame is not None:
+        frames.append((frame.f_code.co_filename, frame.f_lineno))
+        frame = frame.f_back
+    return frames[::-1]
+
+
 class DepthRecorder:
     """Allocates bytes objects of distinct sizes with a function of
-    sized_allocator(filename, sites), and records the depth of each
-    allocation."""
+    sized_allocator(filename, sites), and records the depth and the stack
+    of each allocation."""
 
     def __init__(self, filename, sites=1):
         self.filename = filename
         self.sites = sites
         self.alloc = sized_allocator(filename, sites)
         self.depths = {}
+        self.stacks = {}
         self.objs = []
 
     def allocate(self):
         size = 100 + len(self.depths)
-        # this frame and those below, and the frame of alloc()
-        for k in range(self.sites):
-            self.depths[size + k] = stack_depth() + 1
+        line = sys._getframe().f_lineno + 1
         self.objs.append(self.alloc(size))
+        # the frames below this one, this one, and the frame of alloc()
+        stack = outer_frames(sys._getframe(1)) + [(__file__, line)]
+        for k in range(self.sites):
+            self.depths[size + k] = len(stack) + 1
+            self.stacks[size + k] = stack + [(self.filename, 2 + k)]
 
     def totals(self):
         """{size: total_nframe} of the objects allocated, as traced."""
         return totals_by_size(self.filename, self.depths)
+
+    def traced_stacks(self):
+        """{size: [(filename, lineno)]} of the objects allocated, as
+        traced, the oldest frame first."""
+        header = sys.getsizeof(b'')
+        stacks = {trace.size - header: [(frame.filename, frame.lineno)
+                                        for frame in trace.traceback]
+                  for trace in tracemalloc.take_snapshot().traces
+                  if trace.traceback[-1].filename == self.filename
+                  and trace.traceback[-1].lineno >= 2}
+        return {n: stacks.get(n) for n in self.stacks}
 
 
 def allocate_down_random_stacks(recorder, seed, count=400):
@@ -168,6 +193,14 @@ class TracingTestCase(unittest.TestCase):
 
 
 class CaptureTests(TracingTestCase):
+    def assertRecorded(self, recorder):
+        """Check the frames and the total_nframe traced for each object
+        that recorder allocated, against those it recorded."""
+        self.assertEqual(recorder.totals(), recorder.depths)
+        expected = {n: stack[-self.nframe:]
+                    for n, stack in recorder.stacks.items()}
+        self.assertEqual(recorder.traced_stacks(), expected)
+
 
     def test_lines_of_one_code_object(self):
         alloc = compile_allocator('<lines>', 20)
@@ -258,7 +291,7 @@ class CaptureTests(TracingTestCase):
         # frames below, must be counted again.
         recorder = DepthRecorder('<moves>')
         allocate_down_random_stacks(recorder, seed=3)
-        self.assertEqual(recorder.totals(), recorder.depths)
+        self.assertRecorded(recorder)
 
     def test_total_nframe_of_two_sites_as_the_stack_moves(self):
         # The fork keeps the traceback of each allocation site of the frame
@@ -267,7 +300,7 @@ class CaptureTests(TracingTestCase):
         # below, once the first is popped.
         recorder = DepthRecorder('<two-sites>', sites=2)
         allocate_down_random_stacks(recorder, seed=5)
-        self.assertEqual(recorder.totals(), recorder.depths)
+        self.assertRecorded(recorder)
 
     def test_total_nframe_of_two_sites_below_frames_that_allocate_nothing(self):
         # The same, with the frame of alloc() the first to allocate on
@@ -301,7 +334,7 @@ class CaptureTests(TracingTestCase):
         for i, extra in enumerate((3, 40, 1, 300, 2, 60, 5, 700, 1)):
             objs.append(bytes(1000 + i))
             call_at_depth(extra, recorder.allocate)
-        self.assertEqual(recorder.totals(), recorder.depths)
+        self.assertRecorded(recorder)
         sizes = {sys.getsizeof(obj) for obj in objs}
         tracebacks = [trace.traceback
                       for trace in tracemalloc.take_snapshot().traces
@@ -371,7 +404,7 @@ class CaptureTests(TracingTestCase):
                 recurse(n - 1)
                 recorder.allocate()
         recurse(200)
-        self.assertEqual(recorder.totals(), recorder.depths)
+        self.assertRecorded(recorder)
 
     def test_total_nframe_after_an_exception_unwinds(self):
         recorder = DepthRecorder('<unwinds>')
@@ -384,7 +417,7 @@ class CaptureTests(TracingTestCase):
                 call_at_depth(extra, leaf)
             except ValueError:
                 pass
-        self.assertEqual(recorder.totals(), recorder.depths)
+        self.assertRecorded(recorder)
 
     def test_total_nframe_in_threads(self):
         # Threads taking turns, each at its own depth.
@@ -403,7 +436,7 @@ class CaptureTests(TracingTestCase):
         turns[0].release()
         for thread in threads:
             thread.join()
-        self.assertEqual(recorder.totals(), recorder.depths)
+        self.assertRecorded(recorder)
 
     def test_generator_resumed_from_different_depths(self):
         alloc = compile_allocator('<gen>', 1)
@@ -417,6 +450,69 @@ class CaptureTests(TracingTestCase):
         totals = sorted(traceback.total_nframe
                         for traceback in snapshot_tracebacks('<gen>', 0))
         self.assertEqual(totals[1], totals[0] + 6)
+
+    def test_frames_of_a_caller_calling_from_two_lines(self):
+        # The fork keeps the traceback of each frame at its instruction,
+        # the frames below the one on top included: the frames of a
+        # caller pushed at the same address each time, calling from
+        # either of two lines, must not be taken for each other.
+        recorder = DepthRecorder('<two-lines>')
+        def caller(i):
+            if i % 3:
+                recorder.allocate()
+            else:
+                recorder.allocate()
+        for i in range(60):
+            caller(i)
+        self.assertRecorded(recorder)
+
+    def test_frames_of_many_sites_of_one_frame(self):
+        # More allocation sites in one frame than the fork keeps tracebacks
+        # of frames at their instruction: each must be told from the
+        # others.
+        recorder = DepthRecorder('<many-sites>', sites=600)
+        recorder.allocate()
+        call_at_depth(3, recorder.allocate)
+        self.assertRecorded(recorder)
+
+    def test_frames_below_a_generator_resumed_from_two_places(self):
+        recorder = DepthRecorder('<resumed>')
+        def gen():
+            while True:
+                yield recorder.allocate()
+        it = gen()
+        for i in range(40):
+            if i % 2:
+                next(it)
+            else:
+                call_at_depth(4 + i % 3, next, it)
+        self.assertRecorded(recorder)
+
+    def test_frames_of_callers_created_and_destroyed(self):
+        # Code objects that die free addresses for new ones: what the fork
+        # kept of a caller's code object must not serve a new one there.
+        recorder = DepthRecorder('<callee>')
+        for i in range(100):
+            caller = compile_with_locals('caller(f)', i % 4, ['f()'],
+                                         f'<caller-{i}>')
+            call_at_depth(1 + i % 5, caller, recorder.allocate)
+            del caller
+            gc.collect()
+        self.assertRecorded(recorder)
+
+    def test_frames_of_a_loop_calling_down_deep_stacks(self):
+        # Deeper than the fork looks for a frame it knows the traceback
+        # of, in a loop, each stack a little different from the last.
+        recorder = DepthRecorder('<deep-loop>', sites=2)
+        for i in range(60):
+            call_at_depth(10 + i % 7, call_at_depth, 1 + i % 11,
+                          recorder.allocate)
+        self.assertRecorded(recorder)
+
+
+class CaptureFewFramesTests(CaptureTests):
+    # A limit under which the fork climbs down one frame at most
+    nframe = 4
 
 
 class CaptureManyFramesTests(CaptureTests):
