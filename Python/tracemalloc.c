@@ -1536,9 +1536,11 @@ add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
     return res;
 }
 
-/* Trace a new block for the interpreter it belongs to.  Return 0 on
-   success or if nobody traces it, -1 on memory error. */
-static int
+/* Trace a new block for the interpreter of the calling thread's attached
+   thread state, seen tracing, or with none attached, for the interpreter a
+   block allocated with no thread state goes to.  Return 0 on success or if
+   nobody traces it, -1 on memory error. */
+static Py_NO_INLINE int
 trace_block(unsigned int domain, uintptr_t ptr, size_t size)
 {
     PyThreadState *tstate = _PyThreadState_GET();
@@ -1546,10 +1548,6 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
         return add_trace_unattached(domain, ptr, size) == -1 ? -1 : 0;
     }
     tm_state_t *state = interp_state(tstate->interp);
-    last_attached = state;
-    if (!state_is_tracing(state)) {
-        return 0;
-    }
     int res = 0;
     stripe_t *stripe = stripe_to_trace(state, ptr);
     lock_stripe(state, stripe, 1);
@@ -1596,15 +1594,14 @@ untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
 /* Drop the trace of a block from the interpreter that owns it, if any.
    Two interpreters may trace the same block, one of them wrongly: a block
    tracked with the C API and freed without being untracked, its address
-   reused.  The caller's interpreter is asked first, or with no thread state
-   attached, the one a block allocated there would go to; the other keeps
-   its trace.  Return 1 if one did, describing the trace in *dropped if
-   dropped is not NULL. */
+   reused.  The caller's interpreter, own, is asked first, or with no
+   thread state attached (own NULL), the one a block allocated there would
+   go to; the other keeps its trace.  Return 1 if one did, describing the
+   trace in *dropped if dropped is not NULL. */
 static inline Py_ALWAYS_INLINE int
-untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
+untrace_block_of(tm_state_t *own, unsigned int domain, uintptr_t ptr,
+                 dropped_t *dropped)
 {
-    PyThreadState *tstate = _PyThreadState_GET();
-    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
     uint32_t own_tag = OWNER_NONE;
     if (own != NULL && state_is_tracing(own)) {
         int found = remove_trace_locked(own, 1, domain, ptr, dropped);
@@ -1623,6 +1620,17 @@ untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
     }
     /* Allocated by another interpreter, or by nobody that traces. */
     return untrace_block_elsewhere(own, domain, ptr, dropped);
+}
+
+
+/* untrace_block_of() the interpreter of the calling thread's attached
+   thread state, if any. */
+static inline Py_ALWAYS_INLINE int
+untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+    return untrace_block_of(own, domain, ptr, dropped);
 }
 
 
@@ -1662,19 +1670,36 @@ restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
 /* The hooks are installed with the ctx of the allocator they wrap and never
    use it: an allocation racing with PyMem_SetAllocator() in another thread
    may pair the old function with the new ctx or the reverse, and both
-   pairs must work.  Each domain has its own hook functions instead. */
+   pairs must work.  Each domain has its own hook functions instead.
 
-static void*
-hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
-           size_t nelem, size_t elsize)
+   They are installed for the whole process while any interpreter traces,
+   and those that do not trace must pay as little as can be: the hooks
+   decide inline whether a block may be traced, from the attached thread
+   state and the owner map, and call the code that traces out of line, so
+   that its set-up (the registers it saves) is not paid by the others. */
+
+/* The state of the interpreter of tstate, the calling thread's attached
+   thread state, noted as the interpreter last attached. */
+static inline tm_state_t *
+attached_state(PyThreadState *tstate)
 {
-    assert(elsize == 0 || nelem <= SIZE_MAX / elsize);
-    if (reentrant) {
-        void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
-                               : alloc->malloc(alloc->ctx, nelem * elsize);
-        last_allocated = (uintptr_t)ptr;
-        return ptr;
-    }
+    tm_state_t *state = interp_state(tstate->interp);
+    last_attached = state;
+    return state;
+}
+
+/* May a tracing interpreter have traced the block at ptr, freed or resized
+   by an interpreter that does not trace?  Says yes when in doubt. */
+static inline int
+others_may_trace(uintptr_t ptr)
+{
+    return ntracing_hint() > 0 && owner_map_others_may_trace(ptr, OWNER_NONE);
+}
+
+static inline void*
+alloc_traced(PyMemAllocatorEx *alloc, int use_calloc,
+             size_t nelem, size_t elsize)
+{
     reentrant = 1;
     void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
                            : alloc->malloc(alloc->ctx, nelem * elsize);
@@ -1690,6 +1715,70 @@ hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
     return ptr;
 }
 
+static inline void*
+hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
+           size_t nelem, size_t elsize)
+{
+    assert(elsize == 0 || nelem <= SIZE_MAX / elsize);
+    if (!reentrant) {
+        PyThreadState *tstate = _PyThreadState_GET();
+        if (tstate == NULL || state_is_tracing(attached_state(tstate))) {
+            return alloc_traced(alloc, use_calloc, nelem, elsize);
+        }
+    }
+    /* Nested in a hook, or for an interpreter that does not trace: a
+       nested allocation finds the same (or that tracing has just started,
+       and traces it). */
+    void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
+                           : alloc->malloc(alloc->ctx, nelem * elsize);
+    last_allocated = (uintptr_t)ptr;
+    return ptr;
+}
+
+
+/* Resize a block that own's interpreter (NULL: none attached) traces, or
+   that another may have traced. */
+static Py_NO_INLINE void*
+realloc_traced(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr,
+               size_t new_size)
+{
+    reentrant = 1;
+    /* Drop the old trace first: once realloc() returns, another thread may
+       be handed the old address and trace it. */
+    dropped_t dropped = {NULL};
+    int traced = (ptr != NULL && ntracing_hint() > 0
+                  && untrace_block_of(own, DEFAULT_DOMAIN, (uintptr_t)ptr,
+                                      &dropped));
+    void *outer = untraced_block;
+    const dropped_t *outer_trace = untraced_trace;
+    untraced_block = ptr;
+    untraced_trace = &dropped;
+    void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
+    untraced_block = outer;
+    untraced_trace = outer_trace;
+    if (ptr2 == NULL) {
+        if (traced) {
+            /* The block is unchanged: so is its trace. */
+            restore_trace(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped);
+        }
+    }
+    else if ((own == NULL || state_is_tracing(own))
+             && trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr2, new_size) < 0)
+    {
+        if (ptr == NULL) {
+            /* Failed to allocate a trace for the new memory block */
+            alloc->free(alloc->ctx, ptr2);
+            ptr2 = NULL;
+        }
+        /* else: the block was resized and cannot be given back; it stays
+           untraced rather than failing the realloc() */
+    }
+    /* A resized str or bytes object becomes an object again
+       (_Py_NewReference()) with the trace it has just been given. */
+    last_allocated = (uintptr_t)ptr2;
+    reentrant = 0;
+    return ptr2;
+}
 
 static void*
 hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
@@ -1707,49 +1796,26 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
         }
         return ptr2;
     }
-    reentrant = 1;
-    /* Drop the old trace first: once realloc() returns, another thread may
-       be handed the old address and trace it. */
-    dropped_t dropped = {NULL};
-    int traced = (ptr != NULL && ntracing_hint() > 0
-                  && untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped));
-    void *outer = untraced_block;
-    const dropped_t *outer_trace = untraced_trace;
-    untraced_block = ptr;
-    untraced_trace = &dropped;
+    PyThreadState *tstate = _PyThreadState_GET();
+    tm_state_t *own = tstate ? attached_state(tstate) : NULL;
+    if (own == NULL || state_is_tracing(own)
+        || (ptr != NULL && others_may_trace((uintptr_t)ptr)))
+    {
+        return realloc_traced(own, alloc, ptr, new_size);
+    }
     void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
-    untraced_block = outer;
-    untraced_trace = outer_trace;
-    if (ptr2 == NULL) {
-        if (traced) {
-            /* The block is unchanged: so is its trace. */
-            restore_trace(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped);
-        }
-    }
-    else if (trace_block(DEFAULT_DOMAIN, (uintptr_t)ptr2, new_size) < 0) {
-        if (ptr == NULL) {
-            /* Failed to allocate a trace for the new memory block */
-            alloc->free(alloc->ctx, ptr2);
-            ptr2 = NULL;
-        }
-        /* else: the block was resized and cannot be given back; it stays
-           untraced rather than failing the realloc() */
-    }
-    /* A resized str or bytes object becomes an object again
-       (_Py_NewReference()) with the trace it has just been given. */
     last_allocated = (uintptr_t)ptr2;
-    reentrant = 0;
     return ptr2;
 }
 
 
-/* hook_free() over the debug hooks: they check the block when it is
+/* free_traced() over the debug hooks: they check the block when it is
    freed, and report where it was allocated if they find it damaged. */
 static Py_NO_INLINE void
-free_reporting_trace(PyMemAllocatorEx *alloc, void *ptr)
+free_reporting_trace(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr)
 {
     dropped_t dropped = {NULL};
-    (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped);
+    (void)untrace_block_of(own, DEFAULT_DOMAIN, (uintptr_t)ptr, &dropped);
     void *outer = untraced_block;
     const dropped_t *outer_trace = untraced_trace;
     untraced_block = ptr;
@@ -1757,6 +1823,26 @@ free_reporting_trace(PyMemAllocatorEx *alloc, void *ptr)
     alloc->free(alloc->ctx, ptr);
     untraced_block = outer;
     untraced_trace = outer_trace;
+}
+
+/* Free a block that own's interpreter (NULL: none attached) traces, or
+   that another may have traced. */
+static Py_NO_INLINE void
+free_traced(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr)
+{
+    if ((uintptr_t)ptr == last_allocated) {
+        last_allocated = 0;
+    }
+    if (_Py_atomic_load_int_relaxed(&runtime_state.debug_hooks)) {
+        free_reporting_trace(own, alloc, ptr);
+        return;
+    }
+    /* Untrace before freeing, for the reason given in realloc_traced(). */
+    (void)untrace_block_of(own, DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
+    void *outer = untraced_block;
+    untraced_block = ptr;
+    alloc->free(alloc->ctx, ptr);
+    untraced_block = outer;
 }
 
 static void
@@ -1765,26 +1851,21 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     if (ptr == NULL) {
         return;
     }
-    if (ptr == untraced_block) {
-        /* the hook of the outer domain dropped its trace already */
-        alloc->free(alloc->ctx, ptr);
-        return;
-    }
-    /* Untrace before freeing, for the reason given in hook_realloc(). */
-    if (ntracing_hint() > 0) {
-        if ((uintptr_t)ptr == last_allocated) {
-            last_allocated = 0;
-        }
-        if (_Py_atomic_load_int_relaxed(&runtime_state.debug_hooks)) {
-            free_reporting_trace(alloc, ptr);
+    /* untraced_block: the hook of the outer domain dropped its trace */
+    if (ptr != untraced_block) {
+        PyThreadState *tstate = _PyThreadState_GET();
+        tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+        if (own == NULL || state_is_tracing(own)
+            || others_may_trace((uintptr_t)ptr))
+        {
+            free_traced(own, alloc, ptr);
             return;
         }
-        (void)untrace_block(DEFAULT_DOMAIN, (uintptr_t)ptr, NULL);
     }
-    void *outer = untraced_block;
-    untraced_block = ptr;
+    if ((uintptr_t)ptr == last_allocated) {
+        last_allocated = 0;
+    }
     alloc->free(alloc->ctx, ptr);
-    untraced_block = outer;
 }
 
 

@@ -115,6 +115,28 @@ class TestFreesOfOtherInterpreters(TracingMainTestCase):
         traced, total = traced_totals()
         self.assertEqual(traced, total)
 
+    def test_main_block_resized_by_sub_is_untraced(self):
+        # The block leaves main: the sub that resized it does not trace.
+        ptr = _testinternalcapi.tracemalloc_raw_malloc(1000)
+        get_traceback = _testinternalcapi._PyTraceMalloc_GetTraceback
+        self.assertIsNotNone(get_traceback(0, ptr))
+        sub = new_interp(self, 'isolated')
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        run_in(sub, f"""
+            import os, _testinternalcapi
+            ptr = _testinternalcapi.tracemalloc_raw_realloc({ptr}, 100_000)
+            os.write({w}, str(ptr).encode())
+            os.close({w})
+            """)
+        new_ptr = int(os.read(r, 100))
+        self.assertNotEqual(new_ptr, 0)
+        self.addCleanup(_testinternalcapi.tracemalloc_raw_free, new_ptr)
+        self.assertIsNone(get_traceback(0, ptr))
+        self.assertIsNone(get_traceback(0, new_ptr))
+        traced, total = traced_totals()
+        self.assertEqual(traced, total)
+
     def test_tracked_block_untracked_by_sub(self):
         ptr = 0x5eed0000
         self.assertEqual(
