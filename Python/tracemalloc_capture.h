@@ -131,6 +131,8 @@ struct tracemalloc_capture_cache {
     int max_nframe;
     int entry_nframe;
     int max_climb;
+    /* HASH_BASE to the power max_nframe - 1: see child_hash() */
+    Py_uhash_t bottom_power;
     /* entry_nframe frame keys per entry of tracebacks */
     frame_key_t *tb_keys;
     /* Where the key of the traceback being captured goes, and the frames
@@ -159,7 +161,7 @@ struct tracemalloc_capture_cache {
     unsigned int memos_refused;     /* as the frame was above the mark */
     uintptr_t memo_floor[MEMO_GENERATIONS];
     memo_t memos[NMEMOS];
-    /* Direct mapped by parent and frame key */
+    /* Two-way set associative by parent and frame key (child_set()) */
     child_entry_t *children;
     size_t nchildren;           /* a power of two */
     size_t child_misses;        /* since children was made */
@@ -288,31 +290,73 @@ intern_filename(interned_t *interned, PyObject *filename, int take_refs)
 }
 
 
-static Py_uhash_t
-traceback_hash(traceback_t *traceback)
+/* A traceback's hash is a polynomial in the hashes of its frames, the
+   frame on top the constant term, with the number of frames it had in
+   all mixed in last (reversibly): the hash of a frame on top of an
+   interned traceback, its parent, then follows from the parent's in a few
+   operations (child_hash()), where a walk over every frame cost as much as
+   the rest of building a child. */
+#define HASH_BASE ((Py_uhash_t)UINT64_C(0xC2B2AE3D27D4EB4F))
+#define HASH_FRAME ((Py_uhash_t)UINT64_C(0x9E3779B97F4A7C15))
+#define HASH_TOTAL ((Py_uhash_t)UINT64_C(0x165667B19E3779F9))
+
+static inline Py_uhash_t
+frame_hash(const frame_t *frame)
 {
-    /* code based on tuplehash() of Objects/tupleobject.c */
-    Py_uhash_t x, y;  /* Unsigned for defined overflow behavior. */
-    int len = traceback->nframe;
-    Py_uhash_t mult = PyHASH_MULTIPLIER;
-    frame_t *frame;
+    /* Interned filenames are equal only if they are the same object
+       (traceback_equal() compares them so) */
+    return ((Py_uhash_t)(uintptr_t)frame->filename * HASH_FRAME
+            + frame->lineno);
+}
 
-    x = 0x345678UL;
-    frame = traceback->frames;
-    while (--len >= 0) {
-        /* Interned filenames are equal only if they are the same object
-           (traceback_equal() compares them so) */
-        y = Py_HashPointer(frame->filename);
-        y ^= (Py_uhash_t)frame->lineno;
-        frame++;
+static inline Py_uhash_t
+total_hash(int total)
+{
+    return (Py_uhash_t)total * HASH_TOTAL;
+}
 
-        x = (x ^ y) * mult;
-        /* the cast might truncate len; that doesn't change hash stability */
-        mult += (Py_uhash_t)(82520UL + len + len);
+static Py_uhash_t
+traceback_hash(const traceback_t *traceback)
+{
+    Py_uhash_t h = 0;
+    for (int i = traceback->nframe - 1; i >= 0; i--) {
+        h = h * HASH_BASE + frame_hash(&traceback->frames[i]);
     }
-    x ^= traceback->total_nframe;
-    x += 97531UL;
-    return x;
+    return h ^ total_hash(traceback->total_nframe);
+}
+
+/* HASH_BASE to the power n */
+static Py_uhash_t
+hash_base_power(int n)
+{
+    Py_uhash_t power = 1;
+    Py_uhash_t base = HASH_BASE;
+    for (; n > 0; n >>= 1) {
+        if (n & 1) {
+            power *= base;
+        }
+        base *= base;
+    }
+    return power;
+}
+
+/* The hash of the traceback of nframe frames, total in all, whose frame on
+   top is top and the others the first of parent (NULL if none): parent's
+   frames all, or all but the one at the bottom if it has nframe. */
+static inline Py_uhash_t
+child_hash(capture_cache_t *cache, const traceback_t *parent,
+           const frame_t *top, int nframe, int total)
+{
+    Py_uhash_t h = 0;
+    if (parent != NULL) {
+        h = parent->hash ^ total_hash(parent->total_nframe);
+        if (parent->nframe == nframe) {
+            assert(nframe == cache->max_nframe);
+            h -= (frame_hash(&parent->frames[nframe - 1])
+                  * cache->bottom_power);
+        }
+    }
+    return (h * HASH_BASE + frame_hash(top)) ^ total_hash(total);
 }
 
 
@@ -955,13 +999,13 @@ interned_set_reserve(interned_t *interned)
     return 0;
 }
 
-/* The interned traceback equal to traceback, interned now if there was
-   none (a copy: traceback is the capture buffer), or NULL on memory
-   error. */
+/* The interned traceback equal to traceback, whose hash is set, interned
+   now if there was none (a copy: traceback is the capture buffer), or NULL
+   on memory error. */
 static traceback_t *
 intern_traceback(interned_t *interned, traceback_t *traceback)
 {
-    traceback->hash = traceback_hash(traceback);
+    assert(traceback->hash == traceback_hash(traceback));
     uint32_t capacity = interned->tracebacks_capacity;
     uint32_t i = interned_set_home(traceback->hash, capacity);
     for (uint32_t index; (index = interned->tracebacks[i]) != 0;
@@ -1016,6 +1060,7 @@ traceback_build(tm_state_t *state, capture_cache_t *cache, int nframe,
         frame->filename = intern_filename(state->interned,
                                           key.code->co_filename, 0);
     }
+    traceback->hash = traceback_hash(traceback);
     traceback_t *result = intern_traceback(state->interned, traceback);
     unlock_shared(state);
     if (use_cache && result != NULL) {
@@ -1050,14 +1095,24 @@ capture(tm_state_t *state, capture_cache_t *cache, PyThreadState *tstate,
 }
 
 
+/* The first of the two entries where the traceback of a frame of key on
+   top of parent may be: the cache is two-way set associative. */
 static inline child_entry_t *
-child_slot(capture_cache_t *cache, traceback_t *parent, frame_key_t key)
+child_set(capture_cache_t *cache, traceback_t *parent, frame_key_t key)
 {
     uint64_t h = ((uint64_t)(uintptr_t)parent
                   ^ ((uint64_t)(uintptr_t)key.code << 8)
                   ^ ((uint64_t)key.lasti << 40))
                  * UINT64_C(0x9E3779B97F4A7C15);
-    return &cache->children[(h >> 32) & (cache->nchildren - 1)];
+    return &cache->children[(h >> 32) & (cache->nchildren - 2)];
+}
+
+static inline int
+child_matches(const child_entry_t *entry, traceback_t *parent,
+              frame_key_t key, uint64_t epoch)
+{
+    return (entry->parent == parent && entry->key.code == key.code
+            && entry->key.lasti == key.lasti && entry->epoch == epoch);
 }
 
 /* Build and intern the traceback of a frame of key on top of parent
@@ -1086,22 +1141,30 @@ build_child(tm_state_t *state, capture_cache_t *cache, traceback_t *parent,
         memcpy(&traceback->frames[1], parent->frames,
                (size_t)(nframe - 1) * sizeof(frame_t));
     }
+    traceback->hash = child_hash(cache, parent, &traceback->frames[0],
+                                 nframe, total);
     traceback_t *result = intern_traceback(state->interned, traceback);
     unlock_shared(state);
     return result;
 }
 
 /* The interned traceback of a frame of key on top of parent (NULL: of no
-   frame), or NULL on memory error. */
+   frame), or NULL on memory error.  The entry found or made is put first
+   in its set, and the other one stays as the second: the least recently
+   used of the two goes. */
 static inline traceback_t *
 child_traceback(tm_state_t *state, capture_cache_t *cache,
                 traceback_t *parent, frame_key_t key, uint64_t epoch)
 {
-    child_entry_t *entry = child_slot(cache, parent, key);
-    if (entry->parent == parent && entry->key.code == key.code
-        && entry->key.lasti == key.lasti && entry->epoch == epoch)
-    {
-        return entry->traceback;
+    child_entry_t *set = child_set(cache, parent, key);
+    if (child_matches(&set[0], parent, key, epoch)) {
+        return set[0].traceback;
+    }
+    if (child_matches(&set[1], parent, key, epoch)) {
+        child_entry_t found = set[1];
+        set[1] = set[0];
+        set[0] = found;
+        return found.traceback;
     }
     traceback_t *traceback = build_child(state, cache, parent, key, epoch);
     if (traceback == NULL) {
@@ -1113,9 +1176,10 @@ child_traceback(tm_state_t *state, capture_cache_t *cache,
         cache->children = grown_table(cache->children, &cache->nchildren,
                                       &cache->child_misses, 2,
                                       sizeof(child_entry_t));
-        entry = child_slot(cache, parent, key);
+        set = child_set(cache, parent, key);
     }
-    *entry = (child_entry_t){parent, key, epoch, traceback};
+    set[1] = set[0];
+    set[0] = (child_entry_t){parent, key, epoch, traceback};
     return traceback;
 }
 
@@ -1271,6 +1335,7 @@ capture_cache_new(int max_nframe)
         return NULL;
     }
     cache->max_nframe = max_nframe;
+    cache->bottom_power = hash_base_power(max_nframe - 1);
     cache->entry_nframe = Py_MIN(max_nframe, MAX_CACHED_NFRAME);
     /* Climbing a frame costs a memo lookup, a child lookup and a memo,
        about what capturing three frames of a traceback does: at 1 frame
