@@ -1623,14 +1623,21 @@ untrace_block_of(tm_state_t *own, unsigned int domain, uintptr_t ptr,
 }
 
 
+/* The state of the interpreter of the calling thread's attached thread
+   state, or NULL if none is attached. */
+static inline tm_state_t *
+caller_state(void)
+{
+    PyThreadState *tstate = _PyThreadState_GET();
+    return tstate ? interp_state(tstate->interp) : NULL;
+}
+
 /* untrace_block_of() the interpreter of the calling thread's attached
    thread state, if any. */
 static inline Py_ALWAYS_INLINE int
 untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
 {
-    PyThreadState *tstate = _PyThreadState_GET();
-    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
-    return untrace_block_of(own, domain, ptr, dropped);
+    return untrace_block_of(caller_state(), domain, ptr, dropped);
 }
 
 
@@ -1688,12 +1695,15 @@ attached_state(PyThreadState *tstate)
     return state;
 }
 
-/* May a tracing interpreter have traced the block at ptr, freed or resized
-   by an interpreter that does not trace?  Says yes when in doubt. */
+/* May the block at ptr (0: none), freed or resized by own's interpreter
+   (NULL: no thread state attached), be traced?  By own if it traces, or
+   else by another, as the owner map says.  Says yes when in doubt. */
 static inline int
-others_may_trace(uintptr_t ptr)
+may_be_traced(tm_state_t *own, uintptr_t ptr)
 {
-    return ntracing_hint() > 0 && owner_map_others_may_trace(ptr, OWNER_NONE);
+    return (own == NULL || state_is_tracing(own)
+            || (ptr != 0 && ntracing_hint() > 0
+                && owner_map_others_may_trace(ptr, OWNER_NONE)));
 }
 
 static inline void*
@@ -1798,9 +1808,7 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
     }
     PyThreadState *tstate = _PyThreadState_GET();
     tm_state_t *own = tstate ? attached_state(tstate) : NULL;
-    if (own == NULL || state_is_tracing(own)
-        || (ptr != NULL && others_may_trace((uintptr_t)ptr)))
-    {
+    if (may_be_traced(own, (uintptr_t)ptr)) {
         return realloc_traced(own, alloc, ptr, new_size);
     }
     void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
@@ -1830,9 +1838,6 @@ free_reporting_trace(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr)
 static Py_NO_INLINE void
 free_traced(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr)
 {
-    if ((uintptr_t)ptr == last_allocated) {
-        last_allocated = 0;
-    }
     if (_Py_atomic_load_int_relaxed(&runtime_state.debug_hooks)) {
         free_reporting_trace(own, alloc, ptr);
         return;
@@ -1851,19 +1856,16 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     if (ptr == NULL) {
         return;
     }
+    if ((uintptr_t)ptr == last_allocated) {
+        last_allocated = 0;
+    }
     /* untraced_block: the hook of the outer domain dropped its trace */
     if (ptr != untraced_block) {
-        PyThreadState *tstate = _PyThreadState_GET();
-        tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
-        if (own == NULL || state_is_tracing(own)
-            || others_may_trace((uintptr_t)ptr))
-        {
+        tm_state_t *own = caller_state();
+        if (may_be_traced(own, (uintptr_t)ptr)) {
             free_traced(own, alloc, ptr);
             return;
         }
-    }
-    if ((uintptr_t)ptr == last_allocated) {
-        last_allocated = 0;
     }
     alloc->free(alloc->ctx, ptr);
 }
@@ -3485,8 +3487,7 @@ find_traceback_for_dump(const void *ptr)
     if (!PyMutex_LockFast(&runtime_state.mutex._bits)) {
         return NULL;
     }
-    PyThreadState *tstate = _PyThreadState_GET();
-    tm_state_t *own = tstate ? interp_state(tstate->interp) : NULL;
+    tm_state_t *own = caller_state();
     for (Py_ssize_t i = -1; i < runtime_state.ntracing && !traceback; i++) {
         tm_state_t *state = (i < 0) ? own : runtime_state.tracing[i];
         if (state == NULL || (i >= 0 && state == own)
