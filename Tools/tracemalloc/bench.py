@@ -73,8 +73,9 @@ builds: only overhead at 1 frame and threads, with their targets
 (overhead <= 2x per workload and in geomean, threads fork >= 1.7x).
 
 Single-threaded timings use process CPU time (time.process_time), which is
-robust against other load on the machine; scaling and threads use wall
-time.  The children of the single-threaded sections (untraced, overhead,
+robust against other load on the machine; isolation, scaling and threads
+use wall time, with one child per repetition, the builds taking turns to
+go first (a child that runs after the other build's can be ahead).  The children of the single-threaded sections (untraced, overhead,
 memory, snapshot) are pinned to one CPU, the same for both builds: the
 fastest of a short calibration by default (--cpu).  The CPUs of a virtual
 machine can differ in speed for long stretches (a busy neighbour on the
@@ -1020,7 +1021,8 @@ def child_threads(spec):
 
     curve = {n: [] for n in range(1, spec['nmax'] + 1)}
     cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
-    for rep in range(spec['reps']):
+    first = spec.get('first', 0)
+    for rep in range(first, first + spec['reps']):
         order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
         for n in order:
             gc.collect()
@@ -1063,7 +1065,8 @@ def child_scaling(spec):
                                         and 'subinterpreter' in exc.msg)}
         curve = {n: [] for n in range(1, nmax + 1)}
         cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
-        for rep in range(spec['reps']):
+        first = spec.get('first', 0)
+        for rep in range(first, first + spec['reps']):
             order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
             for n in order:
                 errors = []
@@ -1176,7 +1179,8 @@ def child_isolation(spec):
             ids[0], 'import tracemalloc') is None
         configs = [c for c in ISOLATION_CONFIGS if c != 'subs' or can_trace]
         run_in_threads(ids, 'build_dicts(1)')     # warm up
-        for rep in range(spec['reps']):
+        first = spec.get('first', 0)
+        for rep in range(first, first + spec['reps']):
             order = configs if rep % 2 == 0 else configs[::-1]
             for config in order:
                 if config == 'main':
@@ -1336,6 +1340,19 @@ def run_child(python, mode, spec, timeout=1800, cpu=None):
         raise ChildError(('%s --child %s: %s\n%s' % (python, mode, why,
                                                      tail)).strip())
     return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def merge_samples(into, more):
+    """Extend the lists of samples of a child's result `into` by those of
+    `more`, a result of the same mode; other values stay `into`'s."""
+    for key, value in more.items():
+        if isinstance(value, list):
+            into[key] = into.get(key, []) + value
+        elif isinstance(value, dict):
+            into[key] = merge_samples(into.get(key, {}), value)
+        else:
+            into.setdefault(key, value)
+    return into
 
 
 def stat(values):
@@ -1536,6 +1553,34 @@ class Bench:
                           '%s' % shape, 'B', per, note='%s; %d traces' % (
                               what, rounds[0][shape]['fork']['ntraces']))
 
+    def alternated(self, mode, spec, reps, upstream_may_fail=False):
+        """{python: result} of `reps` children per build, one repetition
+        each, the builds taking turns to go first; a result merges the
+        samples of its build's children, or is the first that failed: an
+        error, or None for an upstream that cannot run it (see
+        upstream_child(), if upstream_may_fail).
+
+        The builds' children interleave because the drift of the machine
+        is not a build's: in two runs of the threads section, the build
+        whose child ran second was ahead by ~18%, untraced too."""
+        res = {}
+        for rep in range(reps):
+            order = ('fork', 'upstream') if rep % 2 == 0 else ('upstream',
+                                                               'fork')
+            for which in order:
+                if which in res and (res[which] is None
+                                     or 'error' in res[which]):
+                    continue
+                child_spec = dict(spec, reps=1, first=rep)
+                if which == 'upstream' and upstream_may_fail:
+                    out = self.upstream_child(mode, child_spec)
+                else:
+                    out = self.child(which, mode, child_spec)
+                res[which] = (merge_samples(res[which], out)
+                              if which in res and out is not None
+                              and 'error' not in out else out)
+        return res
+
     def upstream_child(self, mode, spec):
         """The upstream child's result, or None (with a note) if upstream
         cannot run it: it traces every interpreter at once."""
@@ -1549,9 +1594,8 @@ class Bench:
 
     def isolation(self):
         a = self.args
-        spec = {'rounds': 2 if a.quick else 4, 'reps': a.reps}
-        res = {'fork': self.child('fork', 'isolation', spec),
-               'upstream': self.upstream_child('isolation', spec)}
+        res = self.alternated('isolation', {'rounds': 2 if a.quick else 4},
+                              a.reps, upstream_may_fail=True)
         if 'error' in res['fork']:
             raise ChildError('fork isolation:\n' + res['fork']['error'])
         self.raw['isolation'] = res
@@ -1609,11 +1653,12 @@ class Bench:
         a = self.args
         names = [n for n in a.names if n not in NOT_IN_SUBINTERPRETERS]
         spec = {'names': names, 'scale': a.scale * 0.5, 'units': 1,
-                'nmax': a.nmax, 'reps': a.scaling_reps}
+                'nmax': a.nmax}
         res = {}
         for frames in (1, 0):
-            for which in ('fork', 'upstream'):
-                out = self.child(which, 'scaling', dict(spec, frames=frames))
+            outs = self.alternated('scaling', dict(spec, frames=frames),
+                                   a.scaling_reps)
+            for which, out in outs.items():
                 res['%s-%d' % (which, frames)] = out
                 if 'error' in out and not (which == 'upstream' and
                                            out.get('unsupported')):
@@ -1653,12 +1698,12 @@ class Bench:
         """N threads of one interpreter running the suite, traced with 1
         frame and not: throughput and speedup vs 1 thread."""
         a = self.args
-        spec = {'names': a.names, 'scale': a.scale * 0.25, 'nmax': 2,
-                'reps': a.scaling_reps}
+        spec = {'names': a.names, 'scale': a.scale * 0.25, 'nmax': 2}
         c, par = {}, {}
         for frames in (1, 0):
-            for which in ('fork', 'upstream'):
-                out = self.child(which, 'threads', dict(spec, frames=frames))
+            outs = self.alternated('threads', dict(spec, frames=frames),
+                                   a.scaling_reps)
+            for which, out in outs.items():
                 if 'error' in out:
                     raise ChildError('%s, frames=%d:\n%s' % (
                         which, frames, out['error']))
