@@ -100,8 +100,23 @@ typedef struct tracemalloc_stripe stripe_t;
    (so there are none to make in the default build). */
 #define STRIPE_IS_LAZY (NSTRIPES > 1)
 #ifdef Py_GIL_DISABLED
-static_assert(sizeof(stripe_t) == 64, "a stripe is a cache line");
+#define STRIPE_ALIGNMENT 64
+static_assert(sizeof(stripe_t) == STRIPE_ALIGNMENT, "a stripe is a cache line");
 #endif
+
+/* Stripe i of state: in the free-threaded build, each on a cache line of
+   its own (see stripe_space). */
+static inline stripe_t *
+state_stripe(tm_state_t *state, int i)
+{
+    assert(0 <= i && i < NSTRIPES);
+#ifdef Py_GIL_DISABLED
+    stripe_t *first = _Py_ALIGN_UP(state->stripe_space, STRIPE_ALIGNMENT);
+    return first + i;
+#else
+    return &state->stripes[i];
+#endif
+}
 
 /* A trace that the hooks dropped before the allocator saw its block: kept
    to be put back if a realloc() fails, and for the debug hooks to report
@@ -342,7 +357,7 @@ static void
 lock_state(tm_state_t *state)
 {
     for (int i = 0; i < NSTRIPES; i++) {
-        spin_lock(&state->stripes[i].lock);
+        spin_lock(&state_stripe(state, i)->lock);
     }
     lock_shared(state);
 }
@@ -352,7 +367,7 @@ unlock_state(tm_state_t *state)
 {
     unlock_shared(state);
     for (int i = NSTRIPES - 1; i >= 0; i--) {
-        spin_unlock(&state->stripes[i].lock);
+        spin_unlock(&state_stripe(state, i)->lock);
     }
 }
 
@@ -362,14 +377,14 @@ static int
 try_lock_state(tm_state_t *state)
 {
     int i = 0;
-    while (i < NSTRIPES && spin_try_lock(&state->stripes[i].lock)) {
+    while (i < NSTRIPES && spin_try_lock(&state_stripe(state, i)->lock)) {
         i++;
     }
     if (i == NSTRIPES && PyMutex_LockFast(&state->mutex._bits)) {
         return 1;
     }
     while (--i >= 0) {
-        spin_unlock(&state->stripes[i].lock);
+        spin_unlock(&state_stripe(state, i)->lock);
     }
     return 0;
 }
@@ -1016,10 +1031,10 @@ stripe_to_trace(tm_state_t *state, uintptr_t ptr)
     if (stripe == 0) {
         stripe = assign_segment(segment);
     }
-    return &state->stripes[stripe - 1];
+    return state_stripe(state, stripe - 1);
 #else
     (void)ptr;
-    return &state->stripes[0];
+    return state_stripe(state, 0);
 #endif
 }
 
@@ -1032,10 +1047,10 @@ stripe_to_find(tm_state_t *state, uintptr_t ptr)
 {
 #if NSTRIPES > 1
     int stripe = _Py_atomic_load_uint8_relaxed(segment_stripe(state, ptr));
-    return stripe ? &state->stripes[stripe - 1] : NULL;
+    return stripe ? state_stripe(state, stripe - 1) : NULL;
 #else
     (void)ptr;
-    return &state->stripes[0];
+    return state_stripe(state, 0);
 #endif
 }
 
@@ -1133,7 +1148,7 @@ traced_now(tm_state_t *state)
 {
 #ifdef Py_GIL_DISABLED
     for (int i = 0; i < NSTRIPES; i++) {
-        flush_traced(state, &state->stripes[i]);
+        flush_traced(state, state_stripe(state, i));
     }
     raise_peak(state, state->traced_memory);
 #endif
@@ -1146,8 +1161,8 @@ reset_traced(tm_state_t *state)
 {
 #ifdef Py_GIL_DISABLED
     for (int i = 0; i < NSTRIPES; i++) {
-        state->stripes[i].traced_memory = 0;
-        state->stripes[i].flushed_memory = 0;
+        state_stripe(state, i)->traced_memory = 0;
+        state_stripe(state, i)->flushed_memory = 0;
     }
 #endif
     state->traced_memory = 0;
@@ -1202,7 +1217,7 @@ static void
 state_traces(tm_state_t *state, traces_t *traces[NSTRIPES])
 {
     for (int i = 0; i < NSTRIPES; i++) {
-        traces[i] = state->stripes[i].traces;
+        traces[i] = state_stripe(state, i)->traces;
     }
 }
 
@@ -2096,7 +2111,7 @@ static void
 tables_swap(tm_state_t *state, tables_t *tables, int session)
 {
     for (int i = 0; i < NSTRIPES; i++) {
-        stripe_t *stripe = &state->stripes[i];
+        stripe_t *stripe = state_stripe(state, i);
         traces_t *traces = stripe->traces;
         stripe->traces = tables->traces[i];
         if (stripe->traces != NULL) {
@@ -2869,7 +2884,7 @@ reinit_state_lock(tm_state_t *state)
 #ifdef Py_GIL_DISABLED
     _PyMutex_at_fork_reinit(&state->mutex);
     for (int i = 0; i < NSTRIPES; i++) {
-        state->stripes[i].lock = (_PyTraceMalloc_SpinLock){0};
+        state_stripe(state, i)->lock = (_PyTraceMalloc_SpinLock){0};
     }
 #else
     state->mutex = (_PyTraceMalloc_Lock){0};
@@ -2949,7 +2964,7 @@ _PyTraceMalloc_StripeForTesting(uintptr_t ptr)
 {
     tm_state_t *state = interp_state(_PyInterpreterState_GET());
     stripe_t *stripe = stripe_to_find(state, ptr);
-    return stripe != NULL ? (int)(stripe - state->stripes) : -1;
+    return stripe != NULL ? (int)(stripe - state_stripe(state, 0)) : -1;
 }
 
 
@@ -3626,7 +3641,7 @@ state_memory(tm_state_t *state)
         size += _Py_hashtable_size(interned->filenames);
         size += interned->index_capacity * sizeof(traceback_t *);
         for (int i = 0; i < NSTRIPES; i++) {
-            stripe_t *stripe = &state->stripes[i];
+            stripe_t *stripe = state_stripe(state, i);
             if (stripe->traces != NULL) {
                 size += traces_memory(stripe->traces);
             }

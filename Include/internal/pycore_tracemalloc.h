@@ -21,7 +21,7 @@ extern "C" {
 
        1. _PyRuntime.tracemalloc.hooks_mutex   start/stop only, may detach
        2. _PyRuntime.tracemalloc.mutex         the registry
-       3. interp->tracemalloc.stripes[i].lock  one stripe of an interpreter's
+       3. the lock of stripe i of interp       one stripe of an interpreter's
                                                traces (free-threaded build;
                                                several: in the order of i)
        4. interp->tracemalloc.mutex            the rest of its tables
@@ -244,7 +244,16 @@ struct _tracemalloc_interp_state {
     _Py_hashtable_t *domains;
 
     /* The traces of the default domain and the capture caches. */
+#ifdef Py_GIL_DISABLED
+    /* The stripes start at the first cache line boundary in stripe_space
+       (state_stripe() in Python/tracemalloc.c): an interpreter state is
+       only as aligned as malloc() makes it, and two stripes that share a
+       cache line have their threads take it from each other on every
+       block they trace or free. */
+    struct tracemalloc_stripe stripe_space[_PyTraceMalloc_NSTRIPES + 1];
+#else
     struct tracemalloc_stripe stripes[_PyTraceMalloc_NSTRIPES];
+#endif
 
 #ifdef Py_GIL_DISABLED
     /* The stripe of each segment, plus one, or 0 if no block was traced
