@@ -59,10 +59,14 @@ change when traced:
               are left out (they import datetime, which crashes upstream
               3.13.5 when two isolated subinterpreters end: gh-136423).
   threads     (--ft only) 1 and 2 threads of the main interpreter, each
-              running the suite (scale 1/4), tracing with 1 frame, then
-              not tracing as a reference: throughput (wall time) and
-              speedup vs 1 thread, fork and upstream, and the process CPU
-              time / wall time of 2 threads.  Each thread checks
+              running the workloads (scale 1/4), tracing with 1 frame,
+              then not tracing as a reference: each workload with 1 thread
+              and with 2 back to back, the order flipping every
+              repetition.  Speedup of 2 threads vs 1 per workload (the
+              machine's speed drifts by far more than that over seconds,
+              but not between two runs of a workload), and its geometric
+              mean; the suite's throughput (wall time) and the process
+              CPU time / wall time of 2 threads.  Each thread checks
               its checksums against an untraced single-threaded run.  The
               cyclic GC is off while timed: in 3.13 free-threaded, each
               collection stops all threads and scans the whole heap, so
@@ -1005,43 +1009,55 @@ def child_heap(spec):
 
 
 def child_threads(spec):
-    """Throughput of N threads of this one interpreter, each running the
-    workloads, traced (frames > 0) or not, the cyclic GC off while timed."""
+    """N threads of this one interpreter running the workloads, traced
+    (frames > 0) or not, the cyclic GC off while timed: per repetition and
+    workload, the runs with 1 to nmax threads back to back (the order
+    flipping every repetition), so that each workload's speedup compares
+    runs a fraction of a second apart."""
     import gc
     import tracemalloc
     wl = load_workloads()['WORKLOADS']
     names, scale, frames = spec['names'], spec['scale'], spec['frames']
     expected = {name: wl[name](scale) for name in names}  # warm up, too
     errors = []
-
-    def work():
-        for name in names:
-            if wl[name](scale) != expected[name]:
-                errors.append('%s: result differs in a thread' % name)
-
-    curve = {n: [] for n in range(1, spec['nmax'] + 1)}
-    cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
+    counts = range(1, spec['nmax'] + 1)
+    wall = {n: [] for n in counts}      # per repetition: the whole suite
+    cpu = {n: [] for n in counts}       # CPU time / wall time: parallelism
+    speedup = {name: {n: [] for n in counts if n > 1} for name in names}
     first = spec.get('first', 0)
     for rep in range(first, first + spec['reps']):
-        order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
-        for n in order:
-            gc.collect()
-            gc.disable()
-            if frames:
-                tracemalloc.start(frames)
-            c0 = time.process_time()
-            try:
-                wall = timed_threads([work] * n, errors)
-            finally:
+        order = list(counts) if rep % 2 == 0 else list(counts)[::-1]
+        total = {n: [0.0, 0.0] for n in counts}     # wall, CPU time
+        for name in names:
+            def work():
+                if wl[name](scale) != expected[name]:
+                    errors.append('%s: result differs in a thread' % name)
+            times = {}
+            for n in order:
+                gc.collect()
+                gc.disable()
                 if frames:
-                    tracemalloc.stop()
-                gc.enable()
-            if errors:
-                return {'error': errors[0]}
-            curve[n].append(n / wall)
-            cpu[n].append((time.process_time() - c0) / wall)
-    return {'throughput': {str(n): v for n, v in curve.items()},
+                    tracemalloc.start(frames)
+                c0 = time.process_time()
+                try:
+                    times[n] = timed_threads([work] * n, errors)
+                finally:
+                    if frames:
+                        tracemalloc.stop()
+                    gc.enable()
+                total[n][0] += times[n]
+                total[n][1] += time.process_time() - c0
+                if errors:
+                    return {'error': errors[0]}
+            for n in speedup[name]:
+                speedup[name][n].append(n * times[1] / times[n])
+        for n in counts:
+            wall[n].append(n / total[n][0])
+            cpu[n].append(total[n][1] / total[n][0])
+    return {'throughput': {str(n): v for n, v in wall.items()},
             'cpu_per_wall': {str(n): v for n, v in cpu.items()},
+            'speedup': {name: {str(n): v for n, v in by_n.items()}
+                        for name, by_n in speedup.items()},
             'gil_enabled': getattr(sys, '_is_gil_enabled', lambda: True)()}
 
 
@@ -1353,6 +1369,17 @@ def merge_samples(into, more):
         else:
             into.setdefault(key, value)
     return into
+
+
+def suite_speedup(speedup, n):
+    """The stat() of the speedups with n threads of a threads child's
+    result ({workload: {n: [one per repetition]}}): the geometric mean
+    of the workloads' medians, with the spread of the repetitions'
+    geometric means."""
+    per_workload = [by_n[n] for by_n in speedup.values()]
+    out = stat([geomean(rs) for rs in zip(*per_workload)])
+    out['median'] = geomean([statistics.median(rs) for rs in per_workload])
+    return out
 
 
 def stat(values):
@@ -1679,27 +1706,33 @@ class Bench:
             self.curve_rows(c, a.nmax, 'interp', label, 'scaling' if frames
                             else 'scaling-ref', note)
 
-    def curve_rows(self, c, nmax, what, label, key, note=''):
+    def curve_rows(self, c, nmax, what, label, key, note='', speedups=None):
         """Throughput rows for N = 1 .. nmax and speedup rows vs N = 1, of
-        c = {python: {N: [samples]} or None (n/a)}."""
+        c = {python: {N: [samples]} or None (n/a)}; the speedups are those
+        of the samples, or speedups[python][N] (a stat()) if given."""
         for n in range(1, nmax + 1):
             thr = {w: stat(c[w][n]) if c[w] else NA for w in c}
             self.row('throughput', '%d %s%s %s: work units/s' % (
                 n, what, 's' if n > 1 else '', label), '/s',
                 thr['upstream'], thr['fork'], note=note if n == 1 else '')
         for n in range(2, nmax + 1):
-            sp = {w: stat([x / y for x, y in zip(c[w][n], c[w][1])])
-                  if c[w] else NA for w in c}
+            if speedups is not None:
+                sp = {w: speedups[w][n] for w in c}
+                how = ': geomean of the workloads'
+            else:
+                sp = {w: stat([x / y for x, y in zip(c[w][n], c[w][1])])
+                      if c[w] else NA for w in c}
+                how = ''
             self.row(key if key.endswith('-ref') else '%s-%d' % (key, n),
-                     'speedup %d %ss vs 1, %s' % (n, what, label), 'x',
-                     sp['upstream'], sp['fork'])
+                     'speedup %d %ss vs 1, %s%s' % (n, what, label, how),
+                     'x', sp['upstream'], sp['fork'])
 
     def threads(self):
         """N threads of one interpreter running the suite, traced with 1
         frame and not: throughput and speedup vs 1 thread."""
         a = self.args
         spec = {'names': a.names, 'scale': a.scale * 0.25, 'nmax': 2}
-        c, par = {}, {}
+        c, par, sp = {}, {}, {}
         for frames in (1, 0):
             outs = self.alternated('threads', dict(spec, frames=frames),
                                    a.scaling_reps)
@@ -1711,13 +1744,15 @@ class Bench:
                 c[frames, which] = {int(n): v for n, v
                                     in out['throughput'].items()}
                 par[frames, which] = stat(out['cpu_per_wall']['2'])
+                sp[frames, which] = {2: suite_speedup(out['speedup'], '2')}
         gil = self.raw['threads-fork-1']['gil_enabled']
         for frames, label in ((1, 'tracing 1 frame'),
                               (0, 'not tracing (reference)')):
             self.curve_rows({w: c[frames, w] for w in self.pythons}, 2,
                             'thread', label, 'threads' if frames
                             else 'threads-ref',
-                            'the GIL is enabled' if gil else '')
+                            'the GIL is enabled' if gil else '',
+                            {w: sp[frames, w] for w in self.pythons})
             self.row('parallelism', '2 threads %s: CPU time / wall time' % (
                 label), 'x', par[frames, 'upstream'], par[frames, 'fork'],
                 note='well below 2x: the threads waited (a lock, the GIL, '
