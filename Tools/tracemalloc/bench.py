@@ -51,9 +51,11 @@ change when traced:
               a snapshot of 1M traces with two tracing subinterpreters
               alive / with none.
   scaling     N isolated subinterpreters (own GIL), one thread each, all
-              running the same workload mix with tracemalloc started inside;
-              throughput = total work / wall time, speedup vs N = 1, for
-              N = 1 .. max(2, nproc).  Also untraced, as a reference for
+              running the same workload with tracemalloc started inside,
+              for N = 1 .. max(2, nproc), each workload with every N back
+              to back (as threads below): speedup vs N = 1 per workload
+              and its geometric mean; throughput = total work / wall
+              time of the mix.  Also untraced, as a reference for
               what the machine allows.  Upstream cannot import tracemalloc in
               an isolated subinterpreter: reported as n/a.  email and sqlite
               are left out (they import datetime, which crashes upstream
@@ -1062,14 +1064,15 @@ def child_threads(spec):
 
 
 def child_scaling(spec):
-    """Throughput of N isolated subinterpreters, one thread each."""
+    """N isolated subinterpreters, one thread each, running the
+    workloads: per repetition and workload, the runs with 1 to nmax
+    subinterpreters back to back (see child_threads())."""
     import _interpreters
     import threading
     names, scale, units, frames = (spec['names'], spec['scale'],
                                    spec['units'], spec['frames'])
     nmax = spec['nmax']
     ids = [_interpreters.create('isolated') for _ in range(nmax)]
-    work = 'run_mix(%r, %r, %d, %d)' % (list(names), scale, units, frames)
     warm = 'run_mix(%r, %r, 1, %d)' % (list(names), scale * 0.25, frames)
     try:
         for iid in ids:
@@ -1079,36 +1082,35 @@ def child_scaling(spec):
                 return {'error': exc.formatted,
                         'unsupported': (exc.type.__name__ == 'ImportError'
                                         and 'subinterpreter' in exc.msg)}
-        curve = {n: [] for n in range(1, nmax + 1)}
-        cpu = {n: [] for n in curve}    # CPU time / wall time: parallelism
+        counts = range(1, nmax + 1)
+        wall = {n: [] for n in counts}  # per repetition: the whole mix
+        cpu = {n: [] for n in counts}   # CPU time / wall time: parallelism
+        speedup = {name: {n: [] for n in counts if n > 1} for name in names}
         first = spec.get('first', 0)
         for rep in range(first, first + spec['reps']):
-            order = list(curve) if rep % 2 == 0 else list(curve)[::-1]
-            for n in order:
-                errors = []
-                barrier = threading.Barrier(n + 1)
-
-                def worker(iid):
-                    barrier.wait()
-                    exc = _interpreters.run_string(iid, work)
-                    if exc is not None:
-                        errors.append(exc.formatted)
-
-                threads = [threading.Thread(target=worker, args=(iid,))
-                           for iid in ids[:n]]
-                for t in threads:
-                    t.start()
-                barrier.wait()
-                t0, c0 = time.perf_counter(), time.process_time()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - t0
-                cpu[n].append((time.process_time() - c0) / wall)
-                if errors:
-                    return {'error': errors[0], 'unsupported': False}
-                curve[n].append(n * units / wall)
-        return {'throughput': {str(n): v for n, v in curve.items()},
-                'cpu_per_wall': {str(n): v for n, v in cpu.items()}}
+            order = list(counts) if rep % 2 == 0 else list(counts)[::-1]
+            total = {n: [0.0, 0.0] for n in counts}     # wall, CPU time
+            for name in names:
+                work = 'run_mix(%r, %r, %d, %d)' % ([name], scale, units,
+                                                    frames)
+                times = {}
+                for n in order:
+                    c0 = time.process_time()
+                    try:
+                        times[n] = run_in_threads(ids[:n], work)
+                    except RuntimeError as exc:
+                        return {'error': str(exc), 'unsupported': False}
+                    total[n][0] += times[n]
+                    total[n][1] += time.process_time() - c0
+                for n in speedup[name]:
+                    speedup[name][n].append(n * times[1] / times[n])
+            for n in counts:
+                wall[n].append(n * units / total[n][0])
+                cpu[n].append(total[n][1] / total[n][0])
+        return {'throughput': {str(n): v for n, v in wall.items()},
+                'cpu_per_wall': {str(n): v for n, v in cpu.items()},
+                'speedup': {name: {str(n): v for n, v in by_n.items()}
+                            for name, by_n in speedup.items()}}
     finally:
         for iid in ids:
             _interpreters.destroy(iid)
@@ -1699,12 +1701,20 @@ class Bench:
                 return None
             return {int(n): v for n, v in out['throughput'].items()}
 
+        def speedups(which, frames):
+            out = res['%s-%d' % (which, frames)]
+            if 'speedup' not in out:
+                return {n: NA for n in range(2, a.nmax + 1)}
+            return {n: suite_speedup(out['speedup'], str(n))
+                    for n in range(2, a.nmax + 1)}
+
         for frames, label in ((1, 'tracing'), (0, 'not tracing (reference)')):
             c = {w: curve(w, frames) for w in self.pythons}
             note = ('upstream: tracemalloc cannot be imported in an '
                     'isolated subinterpreter' if c['upstream'] is None else '')
             self.curve_rows(c, a.nmax, 'interp', label, 'scaling' if frames
-                            else 'scaling-ref', note)
+                            else 'scaling-ref', note,
+                            {w: speedups(w, frames) for w in self.pythons})
 
     def curve_rows(self, c, nmax, what, label, key, note='', speedups=None):
         """Throughput rows for N = 1 .. nmax and speedup rows vs N = 1, of
