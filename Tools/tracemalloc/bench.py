@@ -81,8 +81,9 @@ builds: only overhead at 1 frame and threads, with their targets
 Single-threaded timings use process CPU time (time.process_time), which is
 robust against other load on the machine; isolation, scaling and threads
 use wall time, with one child per repetition, the builds taking turns to
-go first (a child that runs after the other build's can be ahead).  The children of the single-threaded sections (untraced, overhead,
-memory, snapshot) are pinned to one CPU, the same for both builds: the
+go first (a child that runs after the other build's can be ahead).  The
+children of the single-threaded sections (untraced, overhead, memory,
+snapshot) are pinned to one CPU, the same for both builds: the
 fastest of a short calibration by default (--cpu).  The CPUs of a virtual
 machine can differ in speed for long stretches (a busy neighbour on the
 same physical core), and a child that migrates between two of them in
@@ -1068,7 +1069,6 @@ def child_scaling(spec):
     workloads: per repetition and workload, the runs with 1 to nmax
     subinterpreters back to back (see child_threads())."""
     import _interpreters
-    import threading
     names, scale, units, frames = (spec['names'], spec['scale'],
                                    spec['units'], spec['frames'])
     nmax = spec['nmax']
