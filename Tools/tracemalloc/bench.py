@@ -1011,20 +1011,15 @@ def child_heap(spec):
     return {'tm0': tm0, 'tm1': tm1, 'ntraces': ntraces}
 
 
-def child_threads(spec):
-    """N threads of this one interpreter running the workloads, traced
-    (frames > 0) or not, the cyclic GC off while timed: per repetition and
-    workload, the runs with 1 to nmax threads back to back (the order
-    flipping every repetition), so that each workload's speedup compares
-    runs a fraction of a second apart."""
-    import gc
-    import tracemalloc
-    wl = load_workloads()['WORKLOADS']
-    names, scale, frames = spec['names'], spec['scale'], spec['frames']
-    expected = {name: wl[name](scale) for name in names}  # warm up, too
-    errors = []
+def back_to_back(spec, names, units, run):
+    """The throughput and speedup curves of run(name, n), which runs
+    workload `name` with n threads or interpreters (units units of work
+    each) and returns the wall time, or raises RuntimeError: per
+    repetition and workload, the runs with n = 1 to nmax back to back
+    (the order flipping every repetition), so that each workload's
+    speedup compares runs a fraction of a second apart."""
     counts = range(1, spec['nmax'] + 1)
-    wall = {n: [] for n in counts}      # per repetition: the whole suite
+    wall = {n: [] for n in counts}      # per repetition: all the workloads
     cpu = {n: [] for n in counts}       # CPU time / wall time: parallelism
     speedup = {name: {n: [] for n in counts if n > 1} for name in names}
     first = spec.get('first', 0)
@@ -1032,48 +1027,73 @@ def child_threads(spec):
         order = list(counts) if rep % 2 == 0 else list(counts)[::-1]
         total = {n: [0.0, 0.0] for n in counts}     # wall, CPU time
         for name in names:
-            def work():
-                if wl[name](scale) != expected[name]:
-                    errors.append('%s: result differs in a thread' % name)
             times = {}
             for n in order:
-                gc.collect()
-                gc.disable()
-                if frames:
-                    tracemalloc.start(frames)
                 c0 = time.process_time()
-                try:
-                    times[n] = timed_threads([work] * n, errors)
-                finally:
-                    if frames:
-                        tracemalloc.stop()
-                    gc.enable()
+                times[n] = run(name, n)
                 total[n][0] += times[n]
                 total[n][1] += time.process_time() - c0
-                if errors:
-                    return {'error': errors[0]}
             for n in speedup[name]:
                 speedup[name][n].append(n * times[1] / times[n])
         for n in counts:
-            wall[n].append(n / total[n][0])
+            wall[n].append(n * units / total[n][0])
             cpu[n].append(total[n][1] / total[n][0])
     return {'throughput': {str(n): v for n, v in wall.items()},
             'cpu_per_wall': {str(n): v for n, v in cpu.items()},
             'speedup': {name: {str(n): v for n, v in by_n.items()}
-                        for name, by_n in speedup.items()},
-            'gil_enabled': getattr(sys, '_is_gil_enabled', lambda: True)()}
+                        for name, by_n in speedup.items()}}
+
+
+def child_threads(spec):
+    """N threads of this one interpreter running the workloads, traced
+    (frames > 0) or not, the cyclic GC off while timed (see
+    back_to_back())."""
+    import gc
+    import tracemalloc
+    wl = load_workloads()['WORKLOADS']
+    names, scale, frames = spec['names'], spec['scale'], spec['frames']
+    expected = {name: wl[name](scale) for name in names}  # warm up, too
+    errors = []
+
+    def run(name, n):
+        def work():
+            if wl[name](scale) != expected[name]:
+                errors.append('%s: result differs in a thread' % name)
+        gc.collect()
+        gc.disable()
+        if frames:
+            tracemalloc.start(frames)
+        try:
+            wall = timed_threads([work] * n, errors)
+        finally:
+            if frames:
+                tracemalloc.stop()
+            gc.enable()
+        if errors:
+            raise RuntimeError(errors[0])
+        return wall
+
+    try:
+        out = back_to_back(spec, names, 1, run)
+    except RuntimeError as exc:
+        return {'error': str(exc)}
+    out['gil_enabled'] = getattr(sys, '_is_gil_enabled', lambda: True)()
+    return out
 
 
 def child_scaling(spec):
     """N isolated subinterpreters, one thread each, running the
-    workloads: per repetition and workload, the runs with 1 to nmax
-    subinterpreters back to back (see child_threads())."""
+    workloads (see back_to_back())."""
     import _interpreters
     names, scale, units, frames = (spec['names'], spec['scale'],
                                    spec['units'], spec['frames'])
-    nmax = spec['nmax']
-    ids = [_interpreters.create('isolated') for _ in range(nmax)]
+    ids = [_interpreters.create('isolated') for _ in range(spec['nmax'])]
     warm = 'run_mix(%r, %r, 1, %d)' % (list(names), scale * 0.25, frames)
+
+    def run(name, n):
+        work = 'run_mix(%r, %r, %d, %d)' % ([name], scale, units, frames)
+        return run_in_threads(ids[:n], work)
+
     try:
         for iid in ids:
             exc = (_interpreters.run_string(iid, WORKLOADS_SRC)
@@ -1082,35 +1102,10 @@ def child_scaling(spec):
                 return {'error': exc.formatted,
                         'unsupported': (exc.type.__name__ == 'ImportError'
                                         and 'subinterpreter' in exc.msg)}
-        counts = range(1, nmax + 1)
-        wall = {n: [] for n in counts}  # per repetition: the whole mix
-        cpu = {n: [] for n in counts}   # CPU time / wall time: parallelism
-        speedup = {name: {n: [] for n in counts if n > 1} for name in names}
-        first = spec.get('first', 0)
-        for rep in range(first, first + spec['reps']):
-            order = list(counts) if rep % 2 == 0 else list(counts)[::-1]
-            total = {n: [0.0, 0.0] for n in counts}     # wall, CPU time
-            for name in names:
-                work = 'run_mix(%r, %r, %d, %d)' % ([name], scale, units,
-                                                    frames)
-                times = {}
-                for n in order:
-                    c0 = time.process_time()
-                    try:
-                        times[n] = run_in_threads(ids[:n], work)
-                    except RuntimeError as exc:
-                        return {'error': str(exc), 'unsupported': False}
-                    total[n][0] += times[n]
-                    total[n][1] += time.process_time() - c0
-                for n in speedup[name]:
-                    speedup[name][n].append(n * times[1] / times[n])
-            for n in counts:
-                wall[n].append(n * units / total[n][0])
-                cpu[n].append(total[n][1] / total[n][0])
-        return {'throughput': {str(n): v for n, v in wall.items()},
-                'cpu_per_wall': {str(n): v for n, v in cpu.items()},
-                'speedup': {name: {str(n): v for n, v in by_n.items()}
-                            for name, by_n in speedup.items()}}
+        try:
+            return back_to_back(spec, names, units, run)
+        except RuntimeError as exc:
+            return {'error': str(exc), 'unsupported': False}
     finally:
         for iid in ids:
             _interpreters.destroy(iid)
