@@ -91,6 +91,13 @@ the middle of a pair skews its ratio.  The load average at the start and
 the end is printed.  Child processes run with PYTHONHASHSEED=0 and without
 user site-packages.
 
+The report lists the sections in the order above, but they run in
+another: untraced, overhead, scaling, threads, isolation, then memory and
+snapshot.  After a process has freed gigabytes, threads that fault pages
+in scale worse on this kind of virtual machine for a minute or so, untraced
+too; the sections that scale threads run first, and their traced and
+untraced children take turns.
+
 Targets missed are reported as such; the exit status is 0 whenever all
 measurements ran, 1 if a child process crashed or a measurement failed.
 """
@@ -1302,10 +1309,22 @@ def child_stall(spec):
     return out
 
 
+def child_imports(spec):
+    """Import the modules of the imports heap shape untraced, so that
+    their .pyc files exist before it measures: compiling a module from
+    source traces some 10% more blocks than loading its bytecode, and
+    the first child of a fresh build would compile them."""
+    import importlib
+    for name in IMPORT_MODULES:
+        importlib.import_module(name)
+    return {}
+
+
 CHILD_MODES = {'untraced': child_untraced, 'overhead': child_overhead,
                'memory': child_memory, 'isolation': child_isolation,
                'stall': child_stall, 'scaling': child_scaling,
-               'heap': child_heap, 'threads': child_threads}
+               'heap': child_heap, 'imports': child_imports,
+               'threads': child_threads}
 
 
 def child_main(mode, spec):
@@ -1563,6 +1582,8 @@ class Bench:
     def heap_shapes(self):
         """get_tracemalloc_memory() growth per trace for each heap shape,
         one fresh child per shape, interpreter and round."""
+        for which in self.pythons:
+            self.child(which, 'imports', {})
         rounds = []
         for r in range(self.args.mem_reps):
             order = ('fork', 'upstream') if r % 2 == 0 else ('upstream', 'fork')
@@ -1587,22 +1608,37 @@ class Bench:
         The builds' children interleave because the drift of the machine
         is not a build's: in two runs of the threads section, the build
         whose child ran second was ahead by ~18%, untraced too."""
-        res = {}
+        return self.alternated_frames(mode, spec, reps, (None,),
+                                      upstream_may_fail)[None]
+
+    def alternated_frames(self, mode, spec, reps, frames=(1, 0),
+                          upstream_may_fail=False):
+        """{n: alternated() result for spec with frames=n} for each n of
+        `frames` (None: spec as it is), the frames taking turns within
+        each repetition as the builds do: the untraced reference of the
+        scaling and threads sections then sees the same machine as the
+        traced runs, where running all the traced children first put
+        them, and not the reference, in the minutes after the memory
+        sections (see run())."""
+        res = {n: {} for n in frames}
         for rep in range(reps):
             order = ('fork', 'upstream') if rep % 2 == 0 else ('upstream',
                                                                'fork')
-            for which in order:
-                if which in res and (res[which] is None
-                                     or 'error' in res[which]):
-                    continue
-                child_spec = dict(spec, reps=1, first=rep)
-                if which == 'upstream' and upstream_may_fail:
-                    out = self.upstream_child(mode, child_spec)
-                else:
-                    out = self.child(which, mode, child_spec)
-                res[which] = (merge_samples(res[which], out)
-                              if which in res and out is not None
-                              and 'error' not in out else out)
+            for n in frames if rep % 2 == 0 else frames[::-1]:
+                for which in order:
+                    prev = res[n].get(which, {})
+                    if prev is None or 'error' in prev:
+                        continue
+                    child_spec = dict(spec, reps=1, first=rep)
+                    if n is not None:
+                        child_spec['frames'] = n
+                    if which == 'upstream' and upstream_may_fail:
+                        out = self.upstream_child(mode, child_spec)
+                    else:
+                        out = self.child(which, mode, child_spec)
+                    res[n][which] = (merge_samples(prev, out)
+                                     if out is not None and 'error' not in out
+                                     else out)
         return res
 
     def upstream_child(self, mode, spec):
@@ -1679,9 +1715,8 @@ class Bench:
         spec = {'names': names, 'scale': a.scale * 0.5, 'units': 1,
                 'nmax': a.nmax}
         res = {}
-        for frames in (1, 0):
-            outs = self.alternated('scaling', dict(spec, frames=frames),
-                                   a.scaling_reps)
+        by_frames = self.alternated_frames('scaling', spec, a.scaling_reps)
+        for frames, outs in by_frames.items():
             for which, out in outs.items():
                 res['%s-%d' % (which, frames)] = out
                 if 'error' in out and not (which == 'upstream' and
@@ -1738,9 +1773,8 @@ class Bench:
         a = self.args
         spec = {'names': a.names, 'scale': a.scale * 0.25, 'nmax': 2}
         c, par, sp = {}, {}, {}
-        for frames in (1, 0):
-            outs = self.alternated('threads', dict(spec, frames=frames),
-                                   a.scaling_reps)
+        by_frames = self.alternated_frames('threads', spec, a.scaling_reps)
+        for frames, outs in by_frames.items():
             for which, out in outs.items():
                 if 'error' in out:
                     raise ChildError('%s, frames=%d:\n%s' % (
@@ -1783,26 +1817,39 @@ class Bench:
         self.cpu, self.calibration = self.choose_cpu()
         self.log('single-threaded sections: %s'
                  % pinned_text(self.cpu, self.calibration))
-        sections = [
-            ('untraced', self.untraced),
-            ('overhead', self.overhead),
-            ('memory', lambda: self.memory('memory' in a.sections,
-                                           'snapshot' in a.sections)),
-            ('isolation', self.isolation),
-            ('scaling', self.scaling),
-            ('threads', self.threads),
-        ]
-        for name, func in sections:
+        # The report's order.  The sections run in another: those that
+        # time several threads (wall time) before those that allocate
+        # and free gigabytes.  For a minute or so after a process of
+        # this virtual machine has freed that much, two threads that
+        # fault pages in scale worse, untraced too (the scaling section
+        # gave 1.2x to 1.9x untraced after a 12 GB bytearray, and 1.17x
+        # tracing where the same children gave 1.92x run on their own).
+        sections = {
+            'untraced': self.untraced,
+            'overhead': self.overhead,
+            'memory': lambda: self.memory('memory' in a.sections,
+                                          'snapshot' in a.sections),
+            'isolation': self.isolation,
+            'scaling': self.scaling,
+            'threads': self.threads,
+        }
+        run_order = ('untraced', 'overhead', 'scaling', 'threads',
+                     'isolation', 'memory')
+        rows = {}
+        for name in run_order:
             if name == 'memory':
                 if not {'memory', 'snapshot'} & set(a.sections):
                     continue
             elif name not in a.sections:
                 continue
             self.log('section %s' % name)
+            start = len(self.rows)
             try:
-                func()
+                sections[name]()
             except ChildError as exc:
                 self.error(name, exc)
+            rows[name] = self.rows[start:]
+        self.rows = [row for name in sections for row in rows.get(name, ())]
         self.elapsed = time.monotonic() - self.t0
 
 
