@@ -106,14 +106,21 @@ typedef struct {
     uintptr_t generation;           /* the cache's memo_generation then */
 } memo_t;
 
-/* The interned traceback of a frame of key on top of the frames of
-   parent (NULL: of no frame) */
+/* The interned traceback of a frame of (code, lasti) on top of the
+   frames of parent (NULL: of no frame).  A set of two entries fills a
+   cache line: a climb's lookups mostly miss the CPU's caches, and with
+   a 64-bit epoch and lasti most sets lay across two lines.  The code
+   epoch's high half is the cache's children_era. */
 typedef struct {
     traceback_t *parent;
-    frame_key_t key;            /* key.code is NULL if the entry is empty */
-    uint64_t epoch;
+    PyCodeObject *code;         /* NULL if the entry is empty */
+    int lasti;
+    uint32_t epoch;             /* the code epoch's low half */
     traceback_t *traceback;
 } child_entry_t;
+
+#define CHILD_SET_SIZE (2 * sizeof(child_entry_t))
+static_assert(CHILD_SET_SIZE == 64, "a set of children is a cache line");
 
 struct tracemalloc_capture_cache {
     /* Direct mapped by code object and instruction */
@@ -161,10 +168,13 @@ struct tracemalloc_capture_cache {
     unsigned int memos_refused;     /* as the frame was above the mark */
     uintptr_t memo_floor[MEMO_GENERATIONS];
     memo_t memos[NMEMOS];
-    /* Two-way set associative by parent and frame key (child_set()) */
+    /* Two-way set associative by parent and frame key (child_set()),
+       the sets aligned on CHILD_SET_SIZE in children_mem */
     child_entry_t *children;
+    void *children_mem;
     size_t nchildren;           /* a power of two */
     size_t child_misses;        /* since children was made */
+    uint32_t children_era;      /* the code epoch's high half */
 };
 
 typedef struct tracemalloc_capture_cache capture_cache_t;
@@ -1111,8 +1121,50 @@ static inline int
 child_matches(const child_entry_t *entry, traceback_t *parent,
               frame_key_t key, uint64_t epoch)
 {
-    return (entry->parent == parent && entry->key.code == key.code
-            && entry->key.lasti == key.lasti && entry->epoch == epoch);
+    return (entry->parent == parent && entry->code == key.code
+            && entry->lasti == (int)key.lasti
+            && entry->epoch == (uint32_t)epoch);
+}
+
+/* An empty table of n children, its sets aligned; *mem is what to
+   free.  NULL on memory error. */
+static child_entry_t *
+children_new(size_t n, void **mem)
+{
+    /* One set more than n entries take, to align them */
+    *mem = allocators.raw.calloc(allocators.raw.ctx, n + 2,
+                                 sizeof(child_entry_t));
+    if (*mem == NULL) {
+        return NULL;
+    }
+    return _Py_ALIGN_UP(*mem, CHILD_SET_SIZE);
+}
+
+/* Double the children of cache, empty, unless memory is short (it is
+   only a cache). */
+static void
+grow_children(capture_cache_t *cache)
+{
+    void *mem;
+    child_entry_t *grown = children_new(cache->nchildren * 2, &mem);
+    if (grown != NULL) {
+        raw_free(cache->children_mem);
+        cache->children = grown;
+        cache->children_mem = mem;
+        cache->nchildren *= 2;
+        cache->child_misses = 0;
+    }
+}
+
+/* Empty the children of cache if they were made in another era of the
+   code epoch: their epochs are its low half only. */
+static inline void
+check_children_era(capture_cache_t *cache, uint64_t epoch)
+{
+    if (_Py_STATIC_CAST(uint32_t, epoch >> 32) != cache->children_era) {
+        memset(cache->children, 0, cache->nchildren * sizeof(child_entry_t));
+        cache->children_era = (uint32_t)(epoch >> 32);
+    }
 }
 
 /* Build and intern the traceback of a frame of key on top of parent
@@ -1173,13 +1225,12 @@ child_traceback(tm_state_t *state, capture_cache_t *cache,
     if (++cache->child_misses > cache->nchildren
         && cache->nchildren < MAX_CHILD_CACHE_SIZE)
     {
-        cache->children = grown_table(cache->children, &cache->nchildren,
-                                      &cache->child_misses, 2,
-                                      sizeof(child_entry_t));
+        grow_children(cache);
         set = child_set(cache, parent, key);
     }
     set[1] = set[0];
-    set[0] = (child_entry_t){parent, key, epoch, traceback};
+    set[0] = (child_entry_t){parent, key.code, (int)key.lasti,
+                             (uint32_t)epoch, traceback};
     return traceback;
 }
 
@@ -1193,6 +1244,7 @@ climb_capture(tm_state_t *state, capture_cache_t *cache,
               PyThreadState *tstate, _PyInterpreterFrame *top)
 {
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
+    check_children_era(cache, epoch);
     _PyInterpreterFrame *climbed[MAX_CLIMB];
     _PyInterpreterFrame *frame = top;
     traceback_t *traceback = NULL;
@@ -1308,7 +1360,7 @@ capture_cache_destroy(capture_cache_t *cache)
     raw_free(cache->tb_keys);
     raw_free(cache->keys);
     raw_free(cache->traceback);
-    raw_free(cache->children);
+    raw_free(cache->children_mem);
     raw_free(cache);
 }
 
@@ -1323,7 +1375,8 @@ capture_cache_size(capture_cache_t *cache)
                                       * sizeof(frame_key_t))
             + (size_t)cache->capacity * sizeof(frame_key_t)
             + TRACEBACK_SIZE(cache->capacity)
-            + cache->nchildren * sizeof(child_entry_t));
+            + (cache->children_mem != NULL
+               ? (cache->nchildren + 2) * sizeof(child_entry_t) : 0));
 }
 
 static capture_cache_t *
@@ -1361,9 +1414,8 @@ capture_cache_new(int max_nframe)
     cache->memo_floor[0] = UINTPTR_MAX;     /* generation 0 is current */
     if (cache->max_climb > 0) {
         cache->nchildren = MIN_CHILD_CACHE_SIZE;
-        cache->children = allocators.raw.calloc(allocators.raw.ctx,
-                                                cache->nchildren,
-                                                sizeof(child_entry_t));
+        cache->children = children_new(cache->nchildren,
+                                       &cache->children_mem);
     }
     cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
                                          sizeof(line_entry_t));
