@@ -113,7 +113,7 @@ typedef struct {
 /* The interned traceback of a frame of (code, lasti) on top of the
    frames of parent (NULL: of no frame).  A set of two entries fills a
    cache line: a climb's lookups mostly miss the CPU's caches, and with
-   a 64-bit epoch and lasti most sets lay across two lines.  The code
+   a 64-bit epoch and lasti every set lay across two lines.  The code
    epoch's high half is the cache's children_era. */
 typedef struct {
     traceback_t *parent;
@@ -1165,7 +1165,7 @@ grow_children(capture_cache_t *cache)
 static inline void
 check_children_era(capture_cache_t *cache, uint64_t epoch)
 {
-    if (_Py_STATIC_CAST(uint32_t, epoch >> 32) != cache->children_era) {
+    if ((uint32_t)(epoch >> 32) != cache->children_era) {
         memset(cache->children, 0, cache->nchildren * sizeof(child_entry_t));
         cache->children_era = (uint32_t)(epoch >> 32);
     }
