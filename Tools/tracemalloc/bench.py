@@ -1615,11 +1615,8 @@ class Bench:
                           upstream_may_fail=False):
         """{n: alternated() result for spec with frames=n} for each n of
         `frames` (None: spec as it is), the frames taking turns within
-        each repetition as the builds do: the untraced reference of the
-        scaling and threads sections then sees the same machine as the
-        traced runs, where running all the traced children first put
-        them, and not the reference, in the minutes after the memory
-        sections (see run())."""
+        each repetition as the builds do, so that an untraced reference
+        sees the same machine as the traced runs (see run())."""
         res = {n: {} for n in frames}
         for rep in range(reps):
             order = ('fork', 'upstream') if rep % 2 == 0 else ('upstream',
