@@ -115,7 +115,10 @@
 #define KEEP_EMPTY_WINDOWS 512      /* below, a table keeps its empty leaves */
 #define SPILLED_BITS 14             /* counters of spilled traces */
 #define SPILLED_STUCK UINT8_MAX     /* a counter that stays there */
-#define RECENT_BITS 5               /* windows in the cache of recent ones */
+/* Windows in the cache of recent ones: 16 KiB of slots for 512 KiB of
+   address space.  With 32, frees missed it for most blocks that lived a
+   while, and the window table's probe was a cache miss. */
+#define RECENT_BITS 10
 #define SMALL_SLOTS 8               /* entries of a small leaf */
 
 #define SHARD_BITS 6
@@ -700,8 +703,8 @@ window_home(uintptr_t window, uint32_t capacity)
 }
 
 /* Where a window goes in traces->recent: its place in its pool of 16 KiB
-   (32 windows), mixed with the pool's number, so that the current pools
-   of several size classes seldom evict each other. */
+   (32 windows) and the pool's number, mixed, so that the current pools of
+   several size classes seldom evict each other. */
 static inline uint32_t
 recent_index(uintptr_t window)
 {
