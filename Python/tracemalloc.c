@@ -243,8 +243,8 @@ static _Py_thread_local tm_state_t *last_attached = NULL;
 
 /* The block this thread allocated or reallocated last through the hooks,
    traced there or left untraced (by a snapshot being converted, say),
-   until it becomes an object (see _PyTraceMalloc_TraceRef()) or is freed:
-   0 if none. */
+   until it becomes an object (see _PyTraceMalloc_NewReference()) or this
+   thread frees it: 0 if none. */
 static _Py_thread_local uintptr_t last_allocated = 0;
 
 
@@ -1943,7 +1943,7 @@ install_hooks(void)
 #endif
     install_hook(PYMEM_DOMAIN_MEM, &allocators.mem, &hooks_mem);
     install_hook(PYMEM_DOMAIN_OBJ, &allocators.obj, &hooks_obj);
-    (void)PyRefTracer_SetTracer(_PyTraceMalloc_TraceRef, NULL);
+    _Py_atomic_store_int_relaxed(&runtime_state.new_references, 1);
 }
 
 
@@ -1953,7 +1953,7 @@ install_hooks(void)
 static void
 remove_hooks(void)
 {
-    (void)PyRefTracer_SetTracer(NULL, NULL);
+    _Py_atomic_store_int_relaxed(&runtime_state.new_references, 0);
 #ifdef TRACE_RAW_MALLOC
     PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &allocators.raw);
 #endif
@@ -3031,8 +3031,8 @@ _PyTraceMalloc_TableCheck(traces_t *traces, const char **what)
 
 /* --- Reused objects ------------------------------------------------------ */
 
-/* The slow path of _PyTraceMalloc_TraceRef(), apart so that the fast one
-   saves no registers. */
+/* The slow path of _PyTraceMalloc_NewReference(), apart so that the fast
+   one saves no registers. */
 static Py_NO_INLINE int
 retrace_object(uintptr_t ptr)
 {
@@ -3074,16 +3074,9 @@ retrace_object(uintptr_t ptr)
 
    Do nothing if the interpreter does not trace or if the object memory
    block is not already traced. */
-int
-_PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
-                        void* Py_UNUSED(ignore))
+void
+_PyTraceMalloc_NewReference(PyObject *op)
 {
-    if (event != PyRefTracer_CREATE) {
-        /* Forget the block allocated last, which is cheap and safe: its
-           creation, if it is yet to come, takes the slow path below. */
-        last_allocated = 0;
-        return 0;
-    }
     PyTypeObject *type = Py_TYPE(op);
     const size_t presize = _PyType_PreHeaderSize(type);
     uintptr_t ptr = (uintptr_t)((char *)op - presize);
@@ -3094,9 +3087,9 @@ _PyTraceMalloc_TraceRef(PyObject *op, PyRefTracerEvent event,
        destruction is the case this function is for. */
     if (ptr == last_allocated) {
         last_allocated = 0;
-        return 0;
+        return;
     }
-    return retrace_object(ptr);
+    (void)retrace_object(ptr);
 }
 
 

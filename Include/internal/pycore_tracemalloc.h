@@ -305,6 +305,14 @@ struct _tracemalloc_runtime_state {
        read by the hooks without a lock. */
     int debug_hooks;
 
+    /* Non-zero while the hooks are installed: object creation
+       (new_reference() in Objects/object.c) then calls
+       _PyTraceMalloc_NewReference().  Not the reference tracer of
+       PyRefTracer_SetTracer(), which stays the user's, and which would be
+       called for every object destroyed too.  Written under hooks_mutex;
+       read without a lock. */
+    int new_references;
+
     /* How many untracks looked beyond the calling interpreter, under the
        registry lock: for the tests.  Atomic. */
     uint64_t lookups_elsewhere;

@@ -9,6 +9,7 @@
 - In the default build, the lock of an interpreter's tables is biased
   towards the thread holding its GIL, and threads from outside revoke it.
 - fork() while another thread holds a lock of tracemalloc.
+- The reference tracer (PyRefTracer_SetTracer()) stays the user's.
 """
 
 import os
@@ -343,6 +344,57 @@ class TestFork(unittest.TestCase):
             support.wait_process(pid, exitcode=0, timeout=60)
             """)
         script_helper.assert_python_ok('-c', code)
+
+
+class TestReferenceTracer(unittest.TestCase):
+    """tracemalloc is told of each object created without going through
+    the reference tracer: a tracer set with PyRefTracer_SetTracer() sees
+    every event while tracemalloc starts, traces and stops."""
+
+    def run_with_printer(self, body):
+        """Run body in a new interpreter process with _testcapi's tracer
+        printing every event; return the lines printed."""
+        import_helper.import_module('_testcapi')
+        code = ("import _testcapi, tracemalloc\n"
+                "_testcapi.toggle_reftrace_printer(True)\n"
+                + textwrap.dedent(body) +
+                "_testcapi.toggle_reftrace_printer(False)\n")
+        _, out, _ = script_helper.assert_python_ok('-c', code)
+        return out.decode().splitlines()
+
+    def test_tracer_sees_objects_created_while_tracing(self):
+        lines = self.run_with_printer("""
+            class WhileTracing: pass
+            tracemalloc.start()
+            obj = WhileTracing()
+            del obj
+            """)
+        self.assertIn('CREATE WhileTracing', lines)
+        self.assertIn('DESTROY WhileTracing', lines)
+
+    def test_tracer_stays_after_stop(self):
+        lines = self.run_with_printer("""
+            class AfterStop: pass
+            tracemalloc.start()
+            tracemalloc.stop()
+            obj = AfterStop()
+            """)
+        self.assertIn('CREATE AfterStop', lines)
+
+    def test_object_from_free_list_retraced_under_a_tracer(self):
+        self.run_with_printer("""
+            import gc, sys
+            tracemalloc.start()
+            gc.collect()  # empties the free lists
+            def new_list():
+                return []
+            obj = new_list()
+            del obj  # to the free list of lists
+            reused = []; line = sys._getframe().f_lineno
+            traceback = tracemalloc.get_object_traceback(reused)
+            assert traceback is not None, "not traced"
+            assert traceback[0].lineno == line, traceback
+            """)
 
 
 if __name__ == '__main__':
