@@ -74,6 +74,16 @@ _Py_DECLARE_STR(anon_unknown, "<unknown>");
 #define TO_PTR(key) ((const void *)(uintptr_t)(key))
 #define FROM_PTR(key) ((uintptr_t)(key))
 
+/* A slow path, out of line, and out of the way of the hot code: GCC and
+   clang place the function, and the blocks that lead to a call of it,
+   apart from the rest, so that tracing takes fewer lines of the
+   instruction cache. */
+#if defined(__GNUC__)
+#  define TM_SLOW_PATH __attribute__((cold, noinline))
+#else
+#  define TM_SLOW_PATH Py_NO_INLINE
+#endif
+
 #define DEFAULT_DOMAIN 0
 #define DEFAULT_NFRAME 1
 
@@ -292,7 +302,7 @@ spin_try_lock(_PyTraceMalloc_SpinLock *lock)
     return _Py_atomic_compare_exchange_int(&lock->locked, &unlocked, 1);
 }
 
-static Py_NO_INLINE void
+static TM_SLOW_PATH void
 spin_lock_contended(_PyTraceMalloc_SpinLock *lock)
 {
     for (unsigned int attempt = 0; ; attempt++) {
@@ -1004,7 +1014,7 @@ segment_stripe(tm_state_t *state, uintptr_t ptr)
 
 /* Give the segment this thread's stripe, unless another thread gave it
    its own first; return the segment's stripe plus one. */
-static Py_NO_INLINE int
+static TM_SLOW_PATH int
 assign_segment(uint8_t *segment)
 {
     if (thread_stripe == 0) {
@@ -1171,7 +1181,7 @@ reset_traced(tm_state_t *state)
 
 /* The stripe's traces table, made if it had none; NULL on memory error.
    Called with the stripe's lock held. */
-static Py_NO_INLINE traces_t *
+static TM_SLOW_PATH traces_t *
 stripe_traces_new(stripe_t *stripe)
 {
     assert(stripe->traces == NULL);
@@ -1185,7 +1195,7 @@ stripe_traces_new(stripe_t *stripe)
 
 /* The stripe's capture cache, made if it had none; NULL on memory
    error.  Called with the stripe's lock held, while the state traces. */
-static Py_NO_INLINE capture_cache_t *
+static TM_SLOW_PATH capture_cache_t *
 stripe_cache_new(tm_state_t *state, stripe_t *stripe)
 {
     assert(stripe->cache == NULL);
@@ -1301,7 +1311,7 @@ set_trace(tm_state_t *state, stripe_t *stripe, traces_t *traces,
 }
 
 /* remove_trace() of a domain other than the default one. */
-static Py_NO_INLINE int
+static TM_SLOW_PATH int
 remove_domain_trace(tm_state_t *state, stripe_t *stripe,
                     unsigned int domain, uintptr_t ptr, dropped_t *dropped)
 {
@@ -1348,7 +1358,7 @@ remove_trace_locked(tm_state_t *state, int own, unsigned int domain,
 
 
 /* add_trace() of a domain other than the default one. */
-static Py_NO_INLINE int
+static TM_SLOW_PATH int
 add_domain_trace(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
                  int take_refs, unsigned int domain, uintptr_t ptr,
                  size_t size)
@@ -1529,7 +1539,7 @@ unattached_owner(PyThreadState **frames_of)
 
 /* Trace a block with no attached thread state.  Return -2 if no
    interpreter takes it. */
-static int
+static TM_SLOW_PATH int
 add_trace_unattached(unsigned int domain, uintptr_t ptr, size_t size)
 {
     if (ntracing_hint() == 0) {
@@ -1575,7 +1585,7 @@ trace_block(unsigned int domain, uintptr_t ptr, size_t size)
 
 /* The slow path of untrace_block(), for a block that the calling
    interpreter, own (NULL with no thread state attached), does not trace. */
-static Py_NO_INLINE int
+static TM_SLOW_PATH int
 untrace_block_elsewhere(tm_state_t *own, unsigned int domain, uintptr_t ptr,
                         dropped_t *dropped)
 {
@@ -1660,7 +1670,7 @@ untrace_block(unsigned int domain, uintptr_t ptr, dropped_t *dropped)
    realloc() that failed: the block is unchanged, and still belongs to
    whoever traced it, maybe another interpreter.  Not if that one has
    stopped or cleared its traces meanwhile. */
-static Py_NO_INLINE void
+static TM_SLOW_PATH void
 restore_trace(unsigned int domain, uintptr_t ptr, const dropped_t *dropped)
 {
     tm_state_t *state = dropped->state;
@@ -1834,7 +1844,7 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
 
 /* free_traced() over the debug hooks: they check the block when it is
    freed, and report where it was allocated if they find it damaged. */
-static Py_NO_INLINE void
+static TM_SLOW_PATH void
 free_reporting_trace(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr)
 {
     dropped_t dropped = {NULL};

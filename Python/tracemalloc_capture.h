@@ -430,7 +430,7 @@ cached_frame(capture_cache_t *cache, interned_t *interned, frame_key_t key,
 
 /* Make room for twice as many frames in the capture buffers, at most
    max_nframe. */
-static Py_NO_INLINE int
+static TM_SLOW_PATH int
 grow_capture_buffers(capture_cache_t *cache)
 {
     int capacity = (int)Py_MIN(2 * (size_t)cache->capacity,
@@ -638,7 +638,7 @@ reset_mark(capture_cache_t *cache, PyThreadState *tstate)
 /* Make anchors of the frames noted, now that the total is known, and
    have the thread state keep the mark for them.  Not needed when none
    was noted: the anchors kept are below the mark. */
-static Py_NO_INLINE void
+static TM_SLOW_PATH void
 settle_anchors(capture_cache_t *cache, PyThreadState *tstate, int total)
 {
     reset_mark(cache, tstate);

@@ -317,7 +317,7 @@ next_capacity(uint64_t capacity)
 }
 
 /* Move the keys of the shard to new slots, capacity of them (0: none). */
-static int
+static TM_SLOW_PATH int
 shard_resize(shard_t *shard, uint64_t capacity)
 {
     assert(capacity * MAX_LOAD_PERCENT / 100 >= shard->count);
@@ -796,7 +796,7 @@ replace_leaf(traces_t *traces, uintptr_t window, leaf_ref_t ref)
 
 /* Replace a full small leaf by a leaf with an entry per grain.  Return
    the new leaf, or NULL on memory error (the small leaf stays). */
-static Py_NO_INLINE leaf_t *
+static TM_SLOW_PATH leaf_t *
 leaf_grow(traces_t *traces, uintptr_t window, leaf_ref_t ref)
 {
     leaf_t *leaf = raw_calloc(1, sizeof(leaf_t));
@@ -905,7 +905,7 @@ leaf_demote(traces_t *traces, uintptr_t window, leaf_ref_t ref)
    emptied, and, in a large table or if demote is non-zero, without the
    sparse ones, whose traces go to the spill; there, the leaves whose
    traces fit a small leaf become small. */
-static int
+static TM_SLOW_PATH int
 windows_rebuild_ex(traces_t *traces, int demote)
 {
     demote = demote || (traces->nwindows >= DEMOTE_MIN_WINDOWS);
@@ -972,7 +972,7 @@ windows_rebuild(traces_t *traces)
    none: a small one unless blocks of that size lie closer than a small
    leaf's slots.  It is remembered as a recent one.  Return 0 on memory
    error. */
-static leaf_ref_t
+static TM_SLOW_PATH leaf_ref_t
 add_leaf(traces_t *traces, uintptr_t window, size_t size)
 {
     if ((uint64_t)(traces->nwindows + 1) * 100
