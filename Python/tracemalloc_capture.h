@@ -33,10 +33,11 @@
 
 #define MIN_LINE_CACHE_SIZE 256     /* powers of two */
 #define MAX_LINE_CACHE_SIZE 4096
-/* The traceback cache holds between 16 and 1024 tracebacks (a power of
-   two), with at most this many frame keys in all, */
+/* The traceback cache holds between 16 and 8192 tracebacks (a power of
+   two), with at most this many frame keys outside its entries, */
 #define TRACEBACK_CACHE_KEYS 8192
 #define MIN_TRACEBACK_CACHE_ENTRIES 16
+#define MAX_TRACEBACK_CACHE_ENTRIES 4096
 /* and only tracebacks of at most this many frames. */
 #define MAX_CACHED_NFRAME 64
 /* The capture buffers start with room for this many frames. */
@@ -86,14 +87,22 @@ typedef struct {
     PyObject *filename;
 } line_entry_t;
 
-/* An interned traceback and its key; its frame keys are in tb_keys. */
+/* An interned traceback and its key: the key of its first frame, the
+   others in tb_keys.  Two entries fill a cache line, and at 1 frame a
+   lookup reads that line only.  The code epoch's high half is the cache's
+   era. */
 typedef struct {
     traceback_t *traceback;     /* NULL if the entry is empty */
-    uint64_t hash;              /* of the key */
-    uint64_t epoch;
+    PyCodeObject *code;
+    int lasti;
+    uint32_t epoch;             /* the code epoch's low half */
     uint16_t nframe;
     uint16_t total;
+    uint32_t hash;              /* the low half of the key's */
 } traceback_entry_t;
+
+#define TRACEBACK_SET_SIZE (2 * sizeof(traceback_entry_t))
+static_assert(TRACEBACK_SET_SIZE == 64, "two tracebacks are a cache line");
 
 /* A frame of a thread and the number of complete frames from it down,
    itself included; or, noted by a walk, the number above it. */
@@ -114,7 +123,7 @@ typedef struct {
    frames of parent (NULL: of no frame).  A set of two entries fills a
    cache line: a climb's lookups mostly miss the CPU's caches, and with
    a 64-bit epoch and lasti every set lay across two lines.  The code
-   epoch's high half is the cache's children_era. */
+   epoch's high half is the cache's era. */
 typedef struct {
     traceback_t *parent;
     PyCodeObject *code;         /* NULL if the entry is empty */
@@ -131,8 +140,10 @@ struct tracemalloc_capture_cache {
     line_entry_t *lines;
     size_t nlines;              /* a power of two */
     size_t line_misses;         /* since lines was made */
-    /* Direct mapped by the hash of the key */
+    /* Direct mapped by the hash of the key, aligned on TRACEBACK_SET_SIZE
+       in tracebacks_mem */
     traceback_entry_t *tracebacks;
+    void *tracebacks_mem;
     size_t ntracebacks;         /* a power of two */
     size_t max_ntracebacks;     /* what ntracebacks may grow to */
     size_t traceback_misses;    /* since tracebacks was made */
@@ -144,7 +155,8 @@ struct tracemalloc_capture_cache {
     int max_climb;
     /* HASH_BASE to the power max_nframe - 1: see child_hash() */
     Py_uhash_t bottom_power;
-    /* entry_nframe frame keys per entry of tracebacks */
+    /* entry_nframe - 1 frame keys per entry of tracebacks: all but the
+       first */
     frame_key_t *tb_keys;
     /* Where the key of the traceback being captured goes, and the frames
        of its traceback: room for capacity frames each, at most
@@ -178,7 +190,8 @@ struct tracemalloc_capture_cache {
     void *children_mem;
     size_t nchildren;           /* a power of two */
     size_t child_misses;        /* since children was made */
-    uint32_t children_era;      /* the code epoch's high half */
+    /* The code epoch's high half, of the tracebacks and children */
+    uint32_t era;
 };
 
 typedef struct tracemalloc_capture_cache capture_cache_t;
@@ -876,10 +889,12 @@ traceback_entry(capture_cache_t *cache, uint64_t hash)
     return &cache->tracebacks[hash >> cache->tb_shift];
 }
 
+/* The keys of the frames of entry but the first */
 static frame_key_t *
 entry_keys(capture_cache_t *cache, traceback_entry_t *entry)
 {
-    return cache->tb_keys + (entry - cache->tracebacks) * cache->entry_nframe;
+    return (cache->tb_keys
+            + (entry - cache->tracebacks) * (cache->entry_nframe - 1));
 }
 
 /* The interned traceback of the key in cache->keys, or NULL. */
@@ -888,21 +903,53 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
                  uint64_t hash, uint64_t epoch)
 {
     traceback_entry_t *entry = traceback_entry(cache, hash);
-    if (entry->traceback == NULL || entry->hash != hash
-        || entry->epoch != epoch || entry->nframe != nframe
+    if (entry->traceback == NULL || entry->hash != (uint32_t)hash
+        || entry->epoch != (uint32_t)epoch || entry->nframe != nframe
         || entry->total != total)
     {
         return NULL;
     }
     assert(nframe <= cache->entry_nframe);
     /* Without a branch per frame: the keys mostly match */
-    const frame_key_t *keys = entry_keys(cache, entry);
-    uintptr_t diff = 0;
-    for (int i = 0; i < nframe; i++) {
-        diff |= (((uintptr_t)cache->keys[i].code ^ (uintptr_t)keys[i].code)
-                 | (uintptr_t)(cache->keys[i].lasti ^ keys[i].lasti));
+    const frame_key_t *keys = cache->keys;
+    uintptr_t diff = (((uintptr_t)keys[0].code ^ (uintptr_t)entry->code)
+                      | (uintptr_t)(keys[0].lasti ^ entry->lasti));
+    const frame_key_t *others = entry_keys(cache, entry);
+    for (int i = 1; i < nframe; i++) {
+        diff |= (((uintptr_t)keys[i].code ^ (uintptr_t)others[i - 1].code)
+                 | (uintptr_t)(keys[i].lasti ^ others[i - 1].lasti));
     }
     return diff == 0 ? entry->traceback : NULL;
+}
+
+/* Give cache an empty traceback cache of n entries, and free the one it
+   had; return -1 on memory error, and leave cache as it was. */
+static int
+new_traceback_cache(capture_cache_t *cache, size_t n)
+{
+    /* One set more than n entries take, to align them; and one key more
+       than they keep, as there is none at 1 frame. */
+    void *mem = allocators.raw.calloc(allocators.raw.ctx, n + 2,
+                                      sizeof(traceback_entry_t));
+    frame_key_t *tb_keys = raw_malloc(
+        (n * (size_t)(cache->entry_nframe - 1) + 1) * sizeof(frame_key_t));
+    if (mem == NULL || tb_keys == NULL) {
+        raw_free(mem);
+        raw_free(tb_keys);
+        return -1;
+    }
+    raw_free(cache->tracebacks_mem);
+    raw_free(cache->tb_keys);
+    cache->tracebacks = _Py_ALIGN_UP(mem, TRACEBACK_SET_SIZE);
+    cache->tracebacks_mem = mem;
+    cache->tb_keys = tb_keys;
+    cache->ntracebacks = n;
+    cache->tb_shift = 64;
+    for (size_t i = n; i > 1; i /= 2) {
+        cache->tb_shift--;
+    }
+    cache->traceback_misses = 0;
+    return 0;
 }
 
 /* Make the traceback cache twice larger, and empty, once it has missed
@@ -910,23 +957,8 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
 static void
 grow_traceback_cache(capture_cache_t *cache)
 {
-    size_t n = cache->ntracebacks * 2;
-    traceback_entry_t *tracebacks = allocators.raw.calloc(
-        allocators.raw.ctx, n, sizeof(traceback_entry_t));
-    frame_key_t *tb_keys = raw_malloc(n * (size_t)cache->entry_nframe
-                                      * sizeof(frame_key_t));
-    if (tracebacks == NULL || tb_keys == NULL) {
-        raw_free(tracebacks);
-        raw_free(tb_keys);
-        return;  /* it is only a cache */
-    }
-    raw_free(cache->tracebacks);
-    raw_free(cache->tb_keys);
-    cache->tracebacks = tracebacks;
-    cache->tb_keys = tb_keys;
-    cache->ntracebacks = n;
-    cache->tb_shift--;
-    cache->traceback_misses = 0;
+    /* it is only a cache: on memory error, it stays as it is */
+    (void)new_traceback_cache(cache, cache->ntracebacks * 2);
 }
 
 static void
@@ -942,13 +974,33 @@ cache_traceback(capture_cache_t *cache, traceback_t *traceback, int nframe,
         grow_traceback_cache(cache);
     }
     traceback_entry_t *entry = traceback_entry(cache, hash);
-    memcpy(entry_keys(cache, entry), cache->keys,
-           (size_t)nframe * sizeof(frame_key_t));
-    entry->traceback = traceback;
-    entry->hash = hash;
-    entry->epoch = epoch;
-    entry->nframe = (uint16_t)nframe;
-    entry->total = (uint16_t)total;
+    memcpy(entry_keys(cache, entry), cache->keys + 1,
+           (size_t)(nframe - 1) * sizeof(frame_key_t));
+    *entry = (traceback_entry_t){
+        traceback, cache->keys[0].code, (int)cache->keys[0].lasti,
+        (uint32_t)epoch, (uint16_t)nframe, (uint16_t)total, (uint32_t)hash};
+}
+
+/* Empty the tracebacks and children of cache, made in another era of the
+   code epoch than epoch's: their epochs are its low half only. */
+static TM_SLOW_PATH void
+start_era(capture_cache_t *cache, uint64_t epoch)
+{
+    memset(cache->tracebacks, 0,
+           cache->ntracebacks * sizeof(traceback_entry_t));
+    if (cache->children != NULL) {
+        memset(cache->children, 0,
+               cache->nchildren * sizeof(child_entry_t));
+    }
+    cache->era = (uint32_t)(epoch >> 32);
+}
+
+static inline void
+check_era(capture_cache_t *cache, uint64_t epoch)
+{
+    if ((uint32_t)(epoch >> 32) != cache->era) {
+        start_era(cache, epoch);
+    }
 }
 
 /* Forget the cached tracebacks: they were interned in tables being
@@ -1098,6 +1150,7 @@ capture(tm_state_t *state, capture_cache_t *cache, PyThreadState *tstate,
         return nframe == 0 ? &runtime_state.empty_traceback : NULL;
     }
     if (take_refs && nframe <= cache->entry_nframe) {
+        check_era(cache, epoch);
         traceback_t *cached = cached_traceback(cache, nframe, total,
                                                hash, epoch);
         if (cached != NULL) {
@@ -1157,17 +1210,6 @@ grow_children(capture_cache_t *cache)
         cache->children_mem = mem;
         cache->nchildren *= 2;
         cache->child_misses = 0;
-    }
-}
-
-/* Empty the children of cache if they were made in another era of the
-   code epoch: their epochs are its low half only. */
-static inline void
-check_children_era(capture_cache_t *cache, uint64_t epoch)
-{
-    if ((uint32_t)(epoch >> 32) != cache->children_era) {
-        memset(cache->children, 0, cache->nchildren * sizeof(child_entry_t));
-        cache->children_era = (uint32_t)(epoch >> 32);
     }
 }
 
@@ -1248,7 +1290,7 @@ climb_capture(tm_state_t *state, capture_cache_t *cache,
               PyThreadState *tstate, _PyInterpreterFrame *top)
 {
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
-    check_children_era(cache, epoch);
+    check_era(cache, epoch);
     _PyInterpreterFrame *climbed[MAX_CLIMB];
     _PyInterpreterFrame *frame = top;
     traceback_t *traceback = NULL;
@@ -1360,7 +1402,7 @@ static void
 capture_cache_destroy(capture_cache_t *cache)
 {
     raw_free(cache->lines);
-    raw_free(cache->tracebacks);
+    raw_free(cache->tracebacks_mem);
     raw_free(cache->tb_keys);
     raw_free(cache->keys);
     raw_free(cache->traceback);
@@ -1374,9 +1416,9 @@ capture_cache_size(capture_cache_t *cache)
 {
     return (sizeof(capture_cache_t)
             + cache->nlines * sizeof(line_entry_t)
-            + cache->ntracebacks * (sizeof(traceback_entry_t)
-                                    + (size_t)cache->entry_nframe
-                                      * sizeof(frame_key_t))
+            + (cache->ntracebacks + 2) * sizeof(traceback_entry_t)
+            + (cache->ntracebacks * (size_t)(cache->entry_nframe - 1) + 1)
+              * sizeof(frame_key_t)
             + (size_t)cache->capacity * sizeof(frame_key_t)
             + TRACEBACK_SIZE(cache->capacity)
             + (cache->children_mem != NULL
@@ -1400,17 +1442,12 @@ capture_cache_new(int max_nframe)
        than capturing from the top, at 25 frames half as many. */
     cache->max_climb = Py_MIN(max_nframe / 3, MAX_CLIMB);
     /* As many tracebacks as TRACEBACK_CACHE_KEYS allow, in the end */
-    cache->max_ntracebacks = 1024;
+    cache->max_ntracebacks = MAX_TRACEBACK_CACHE_ENTRIES;
     while (cache->max_ntracebacks > MIN_TRACEBACK_CACHE_ENTRIES
-           && (cache->max_ntracebacks * (size_t)cache->entry_nframe
+           && (cache->max_ntracebacks * (size_t)(cache->entry_nframe - 1)
                > TRACEBACK_CACHE_KEYS))
     {
         cache->max_ntracebacks /= 2;
-    }
-    cache->ntracebacks = MIN_TRACEBACK_CACHE_ENTRIES;
-    cache->tb_shift = 64;
-    for (size_t i = cache->ntracebacks; i > 1; i /= 2) {
-        cache->tb_shift--;
     }
     cache->nlines = MIN_LINE_CACHE_SIZE;
     cache->capacity = Py_MIN(max_nframe, MIN_CAPTURE_FRAMES);
@@ -1423,16 +1460,11 @@ capture_cache_new(int max_nframe)
     }
     cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
                                          sizeof(line_entry_t));
-    cache->tracebacks = allocators.raw.calloc(allocators.raw.ctx,
-                                              cache->ntracebacks,
-                                              sizeof(traceback_entry_t));
-    cache->tb_keys = raw_malloc(cache->ntracebacks
-                                * (size_t)cache->entry_nframe
-                                * sizeof(frame_key_t));
     cache->keys = raw_malloc(cache->capacity * sizeof(frame_key_t));
     cache->traceback = raw_malloc(TRACEBACK_SIZE(cache->capacity));
-    if (cache->lines == NULL || cache->tracebacks == NULL
-        || cache->tb_keys == NULL || cache->keys == NULL
+    if (cache->lines == NULL
+        || new_traceback_cache(cache, MIN_TRACEBACK_CACHE_ENTRIES) < 0
+        || cache->keys == NULL
         || cache->traceback == NULL
         || (cache->max_climb > 0 && cache->children == NULL))
     {
