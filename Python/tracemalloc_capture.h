@@ -914,10 +914,12 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
     const frame_key_t *keys = cache->keys;
     uintptr_t diff = (((uintptr_t)keys[0].code ^ (uintptr_t)entry->code)
                       | (uintptr_t)(keys[0].lasti ^ entry->lasti));
-    const frame_key_t *others = entry_keys(cache, entry);
-    for (int i = 1; i < nframe; i++) {
-        diff |= (((uintptr_t)keys[i].code ^ (uintptr_t)others[i - 1].code)
-                 | (uintptr_t)(keys[i].lasti ^ others[i - 1].lasti));
+    if (nframe > 1) {
+        const frame_key_t *others = entry_keys(cache, entry);
+        for (int i = 1; i < nframe; i++) {
+            diff |= (((uintptr_t)keys[i].code ^ (uintptr_t)others[i - 1].code)
+                     | (uintptr_t)(keys[i].lasti ^ others[i - 1].lasti));
+        }
     }
     return diff == 0 ? entry->traceback : NULL;
 }
