@@ -490,8 +490,13 @@ def run_clinic(tree, paths):
 
 def sync_tree(new, dest):
     """Make *dest* equal *new*, touching only files that differ (so that an
-    incremental build rebuilds only what changed).  Leaves dest/.git alone."""
+    incremental build rebuilds only what changed).  Leaves dest/.git and
+    dest's bytecode alone, and copies none from new."""
     for dirpath, dirnames, filenames in os.walk(new):
+        # Bytecode cached next to the sources it was compiled from, which
+        # dest's copies do not match: an interpreter would find it stale.
+        if '__pycache__' in dirnames:
+            dirnames.remove('__pycache__')
         rel = os.path.relpath(dirpath, new)
         out = os.path.normpath(os.path.join(dest, rel))
         os.makedirs(out, exist_ok=True)
@@ -545,7 +550,9 @@ def assemble(conf):
     write(stamp_file, '')  # a failure below leaves the tree to be redone
     with tempfile.TemporaryDirectory(dir=BUILD, prefix='.src-') as tmp:
         tree = os.path.join(tmp, 'src')
-        shutil.copytree(BASE_DIR, tree, symlinks=True)
+        # The upstream build runs from BASE_DIR, and caches bytecode there.
+        shutil.copytree(BASE_DIR, tree, symlinks=True,
+                        ignore=shutil.ignore_patterns('__pycache__'))
         for name in series():
             apply_patch(tree, os.path.join(PATCHES, name), 'patch')
         owned = overlay_files()
