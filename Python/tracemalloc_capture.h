@@ -33,7 +33,7 @@
 
 #define MIN_LINE_CACHE_SIZE 256     /* powers of two */
 #define MAX_LINE_CACHE_SIZE 4096
-/* The traceback cache holds between 16 and 8192 tracebacks (a power of
+/* The traceback cache grows from 16 up to 4096 tracebacks (powers of
    two), with at most this many frame keys outside its entries, */
 #define TRACEBACK_CACHE_KEYS 8192
 #define MIN_TRACEBACK_CACHE_ENTRIES 16
