@@ -718,6 +718,19 @@ count_all_frames(_PyInterpreterFrame *top)
 }
 #endif
 
+/* Store the key of pyframe as keys[i], and return the hash h of the keys
+   before it with this one's. */
+static inline uint64_t
+add_key(frame_key_t *keys, int i, _PyInterpreterFrame *pyframe, uint64_t h)
+{
+    PyCodeObject *code = _PyFrame_GetCode(pyframe);
+    int lasti = _PyInterpreterFrame_LASTI(pyframe);
+    keys[i].code = code;
+    keys[i].lasti = lasti;
+    return ((h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
+            * UINT64_C(0x9E3779B97F4A7C15));
+}
+
 /* Read the frames of tstate from top, a complete frame (or NULL), down:
    store the keys of the first max_nframe in cache->keys, and return the
    number stored, or -1 on memory error; *total gets the number of frames,
@@ -728,30 +741,33 @@ capture_keys(PyThreadState *tstate, capture_cache_t *cache,
 {
     int nframe = 0;
     int max_nframe = cache->max_nframe;
-    frame_key_t *keys = cache->keys;
     uint64_t h = 0;
     _PyInterpreterFrame *pyframe = top;
-    for (;;) {
-        int limit = Py_MIN(max_nframe, cache->capacity);
-        for (; pyframe != NULL && nframe < limit;
-             pyframe = next_complete(pyframe->previous))
-        {
-            PyCodeObject *code = _PyFrame_GetCode(pyframe);
-            int lasti = _PyInterpreterFrame_LASTI(pyframe);
-            keys[nframe].code = code;
-            keys[nframe].lasti = lasti;
-            h = (h + (uintptr_t)code + ((uint64_t)(unsigned int)lasti << 40))
-                * UINT64_C(0x9E3779B97F4A7C15);
-            nframe++;
+    if (max_nframe == 1) {
+        /* The default limit, the frame on top alone: no loop */
+        if (pyframe != NULL) {
+            h = add_key(cache->keys, 0, pyframe, h);
+            nframe = 1;
+            pyframe = next_complete(pyframe->previous);
         }
-        if (pyframe == NULL || nframe == max_nframe) {
-            break;
+    }
+    else {
+        for (;;) {
+            int limit = Py_MIN(max_nframe, cache->capacity);
+            for (; pyframe != NULL && nframe < limit;
+                 pyframe = next_complete(pyframe->previous))
+            {
+                h = add_key(cache->keys, nframe, pyframe, h);
+                nframe++;
+            }
+            if (pyframe == NULL || nframe == max_nframe) {
+                break;
+            }
+            /* a traceback deeper than the buffers */
+            if (grow_capture_buffers(cache) < 0) {
+                return -1;
+            }
         }
-        /* a traceback deeper than the buffers */
-        if (grow_capture_buffers(cache) < 0) {
-            return -1;
-        }
-        keys = cache->keys;
     }
     int count = nframe;
     if (pyframe != NULL) {
