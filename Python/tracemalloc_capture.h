@@ -940,25 +940,40 @@ cached_traceback(capture_cache_t *cache, int nframe, int total,
     return diff == 0 ? entry->traceback : NULL;
 }
 
+/* An empty table of n entries of size bytes, two to a cache line, the
+   pairs aligned on cache lines; *mem is what to free.  NULL on memory
+   error. */
+static void *
+calloc_pairs(size_t n, size_t size, void **mem)
+{
+    assert(2 * size == 64);
+    /* One pair more than n entries take, to align them */
+    *mem = allocators.raw.calloc(allocators.raw.ctx, n + 2, size);
+    if (*mem == NULL) {
+        return NULL;
+    }
+    return _Py_ALIGN_UP(*mem, 2 * size);
+}
+
 /* Give cache an empty traceback cache of n entries, and free the one it
    had; return -1 on memory error, and leave cache as it was. */
 static int
 new_traceback_cache(capture_cache_t *cache, size_t n)
 {
-    /* One set more than n entries take, to align them; and one key more
-       than they keep, as there is none at 1 frame. */
-    void *mem = allocators.raw.calloc(allocators.raw.ctx, n + 2,
-                                      sizeof(traceback_entry_t));
+    void *mem;
+    traceback_entry_t *tracebacks = calloc_pairs(
+        n, sizeof(traceback_entry_t), &mem);
+    /* One key more than the entries keep, as there is none at 1 frame */
     frame_key_t *tb_keys = raw_malloc(
         (n * (size_t)(cache->entry_nframe - 1) + 1) * sizeof(frame_key_t));
-    if (mem == NULL || tb_keys == NULL) {
+    if (tracebacks == NULL || tb_keys == NULL) {
         raw_free(mem);
         raw_free(tb_keys);
         return -1;
     }
     raw_free(cache->tracebacks_mem);
     raw_free(cache->tb_keys);
-    cache->tracebacks = _Py_ALIGN_UP(mem, TRACEBACK_SET_SIZE);
+    cache->tracebacks = tracebacks;
     cache->tracebacks_mem = mem;
     cache->tb_keys = tb_keys;
     cache->ntracebacks = n;
@@ -1201,27 +1216,14 @@ child_matches(const child_entry_t *entry, traceback_t *parent,
             && entry->epoch == (uint32_t)epoch);
 }
 
-/* An empty table of n children, its sets aligned; *mem is what to
-   free.  NULL on memory error. */
-static child_entry_t *
-children_new(size_t n, void **mem)
-{
-    /* One set more than n entries take, to align them */
-    *mem = allocators.raw.calloc(allocators.raw.ctx, n + 2,
-                                 sizeof(child_entry_t));
-    if (*mem == NULL) {
-        return NULL;
-    }
-    return _Py_ALIGN_UP(*mem, CHILD_SET_SIZE);
-}
-
 /* Double the children of cache, empty, unless memory is short (it is
    only a cache). */
 static void
 grow_children(capture_cache_t *cache)
 {
     void *mem;
-    child_entry_t *grown = children_new(cache->nchildren * 2, &mem);
+    child_entry_t *grown = calloc_pairs(cache->nchildren * 2,
+                                        sizeof(child_entry_t), &mem);
     if (grown != NULL) {
         raw_free(cache->children_mem);
         cache->children = grown;
@@ -1473,7 +1475,8 @@ capture_cache_new(int max_nframe)
     cache->memo_floor[0] = UINTPTR_MAX;     /* generation 0 is current */
     if (cache->max_climb > 0) {
         cache->nchildren = MIN_CHILD_CACHE_SIZE;
-        cache->children = children_new(cache->nchildren,
+        cache->children = calloc_pairs(cache->nchildren,
+                                       sizeof(child_entry_t),
                                        &cache->children_mem);
     }
     cache->lines = allocators.raw.calloc(allocators.raw.ctx, cache->nlines,
