@@ -1405,7 +1405,6 @@ add_trace(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
         return -1;
     }
     assert(traces != NULL);
-    traces_prefetch(traces, ptr, size);
     traceback_t *traceback = traceback_new(state, stripe, tstate, take_refs);
     if (traceback == NULL) {
         return -1;

@@ -1177,31 +1177,6 @@ traces_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
     return 0;
 }
 
-/* Start loading what traces_set() will need for a block: the window table
-   slot of its leaf, if it is not a recent one, or its spill slot.
-   The cache miss can then overlap the capture of the traceback. */
-static inline void
-traces_prefetch(traces_t *traces, uintptr_t ptr, size_t size)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    if (!has_leaf_entry(ptr) || size > LEAF_MAX_SIZE) {
-        shard_t *shard = shard_of(traces, ptr);
-        if (shard->capacity != 0) {
-            __builtin_prefetch(&shard->slots[home_slot(ptr,
-                                                       shard->capacity)], 1);
-        }
-        return;
-    }
-    uintptr_t window = window_of(ptr);
-    if (traces->recent[recent_index(window)].window != window
-        && traces->windows_capacity != 0)
-    {
-        __builtin_prefetch(
-            &traces->windows[window_home(window, traces->windows_capacity)]);
-    }
-#endif
-}
-
 /* Remove the trace of ptr.  Return 1 if there was one, storing its size in
    *size and, if traceback is not NULL, its traceback in *traceback; else
    return 0. */
