@@ -31,6 +31,7 @@
    the conversion of traces to Python objects. */
 
 #include "Python.h"
+#include "pycore_bitutils.h"      // _Py_popcount32()
 #include "pycore_fileutils.h"     // _Py_write_noraise()
 #include "pycore_hashtable.h"     // _Py_hashtable_t
 #include "pycore_initconfig.h"    // _PyStatus_NO_MEMORY()

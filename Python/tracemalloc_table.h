@@ -51,7 +51,9 @@
    windows would go back and forth.  Tables of fewer than
    KEEP_EMPTY_WINDOWS leaves keep their empty leaves too, for the same
    reason, but when compacted; larger ones drop them when they grow, or
-   once most of their leaves are empty.
+   once most of their leaves are empty.  A table whose leaves hold
+   DENSE_TRACES_PER_LEAF traces or more on average grows without reading
+   them.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
@@ -112,6 +114,7 @@
 #define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
 #define LEAF_MIN_TRACES 4           /* fewer, and a rebuild spills them */
 #define DEMOTE_MIN_WINDOWS 1024     /* in a table of at least this many leaves */
+#define DENSE_TRACES_PER_LEAF 8     /* as many, and growing reads no leaf */
 #define KEEP_EMPTY_WINDOWS 512      /* below, a table keeps its empty leaves */
 #define SPILLED_BITS 14             /* counters of spilled traces */
 #define SPILLED_STUCK UINT8_MAX     /* a counter that stays there */
@@ -760,28 +763,27 @@ windows_put(window_slot_t *windows, uint32_t capacity, window_slot_t slot)
     windows[i] = slot;
 }
 
-static int
-leaf_is_empty(leaf_ref_t ref)
+/* The entries of a leaf that hold a trace: bit i for the i-th of
+   leaf_entries(ref).  What a rebuild needs to know of a leaf, in one
+   read. */
+static uint32_t
+leaf_used(leaf_ref_t ref)
 {
-    int n;
-    uint32_t *entries = leaf_entries(ref, &n);
-    for (int i = 0; i < n; i++) {
-        if (entries[i] != 0) {
-            return 0;
+    Py_BUILD_ASSERT(WINDOW_GRAINS <= 32);
+    uint32_t used = 0;
+    if (is_small(ref)) {
+        const uint32_t *entries = as_small(ref)->entries;
+        for (int i = 0; i < SMALL_SLOTS; i++) {
+            used |= (uint32_t)(entries[i] != 0) << i;
         }
     }
-    return 1;
-}
-
-static int
-leaf_count(leaf_ref_t ref)
-{
-    int n, count = 0;
-    uint32_t *entries = leaf_entries(ref, &n);
-    for (int i = 0; i < n; i++) {
-        count += (entries[i] != 0);
+    else {
+        const uint32_t *entries = as_leaf(ref)->entries;
+        for (int i = 0; i < WINDOW_GRAINS; i++) {
+            used |= (uint32_t)(entries[i] != 0) << i;
+        }
     }
-    return count;
+    return used;
 }
 
 /* Give a window the leaf ref in place of its own. */
@@ -814,30 +816,27 @@ leaf_grow(traces_t *traces, uintptr_t window, leaf_ref_t ref)
     return leaf;
 }
 
-/* Can the traces of a leaf go into a small leaf: one per slot? */
+/* Can the traces of a full leaf, used as leaf_used() says, go into a
+   small leaf: at most one in each run of SMALL_GRAINS grains? */
 static int
-leaf_fits_small(const leaf_t *leaf)
+leaf_fits_small(uint32_t used)
 {
-    for (int i = 0; i < SMALL_SLOTS; i++) {
-        int n = 0;
-        for (int j = 0; j < SMALL_GRAINS; j++) {
-            n += (leaf->entries[i * SMALL_GRAINS + j] != 0);
-        }
-        if (n > 1) {
-            return 0;
-        }
-    }
-    return 1;
+    /* The bits of the grains followed by a used grain 1, 2 or 3 grains
+       further in the same run */
+    Py_BUILD_ASSERT(SMALL_GRAINS == 4 && WINDOW_GRAINS == 32);
+    return ((used & (used >> 1) & UINT32_C(0x77777777))
+            | (used & (used >> 2) & UINT32_C(0x33333333))
+            | (used & (used >> 3) & UINT32_C(0x11111111))) == 0;
 }
 
-/* Replace a leaf by a small leaf if its traces fit one, within a rebuild
-   of the window table (the slot is not in traces->windows).  On memory
-   error, the leaf stays. */
+/* Replace a full leaf, used as leaf_used() says, by a small leaf if its
+   traces fit one, within a rebuild of the window table (the slot is not
+   in traces->windows).  On memory error, the leaf stays. */
 static void
-leaf_shrink(traces_t *traces, window_slot_t *slot)
+leaf_shrink(traces_t *traces, window_slot_t *slot, uint32_t used)
 {
     leaf_t *leaf = as_leaf(slot->leaf);
-    if (!leaf_fits_small(leaf)) {
+    if (!leaf_fits_small(used)) {
         return;
     }
     leaf_ref_t ref = small_leaf_new();
@@ -901,10 +900,68 @@ leaf_demote(traces_t *traces, uintptr_t window, leaf_ref_t ref)
     return 0;
 }
 
+/* The capacity of a window table for n leaves: at most half full.  0 if
+   it would be too large. */
+static uint32_t
+windows_capacity_for(uint64_t n)
+{
+    uint64_t capacity = MIN_WINDOWS_CAPACITY;
+    while (capacity < 2 * (n + 1)) {
+        capacity *= 2;
+    }
+    return capacity <= UINT32_MAX ? (uint32_t)capacity : 0;
+}
+
+/* Move the slots of the window table to a new one of the given capacity,
+   at least windows_capacity_for(traces->nwindows).  Return -1 on memory
+   error, the table unchanged. */
+static int
+windows_move(traces_t *traces, uint32_t capacity)
+{
+    window_slot_t *windows = raw_calloc(capacity, sizeof(window_slot_t));
+    if (windows == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < traces->windows_capacity; i++) {
+        if (traces->windows[i].window != 0) {
+            windows_put(windows, capacity, traces->windows[i]);
+        }
+    }
+    raw_free(traces->windows);
+    traces->windows = windows;
+    traces->windows_capacity = capacity;
+    memset(traces->recent, 0, sizeof(traces->recent));
+    return 0;
+}
+
+/* Within a rebuild, settle the leaf of a slot that is not in
+   traces->windows: if demote is non-zero, move its traces to the spill if
+   it has fewer than LEAF_MIN_TRACES, or else make it small if they fit;
+   then free it if it is empty.  Return 0 if it was freed. */
+static int
+leaf_settle(traces_t *traces, window_slot_t *slot, int demote)
+{
+    uint32_t used = leaf_used(slot->leaf);
+    if (demote && used != 0
+        && _Py_popcount32(used) < LEAF_MIN_TRACES
+        && leaf_demote(traces, slot->window, slot->leaf) == 0)
+    {
+        used = 0;
+    }
+    if (used == 0) {
+        leaf_free(traces, slot->leaf);
+        return 0;
+    }
+    if (demote && !is_small(slot->leaf)) {
+        leaf_shrink(traces, slot, used);
+    }
+    return 1;
+}
+
 /* Rebuild the window table, at most half full, without the leaves that
    emptied, and, in a large table or if demote is non-zero, without the
    sparse ones, whose traces go to the spill; there, the leaves whose
-   traces fit a small leaf become small. */
+   traces fit a small leaf become small.  Return -1 on memory error. */
 static TM_SLOW_PATH int
 windows_rebuild_ex(traces_t *traces, int demote)
 {
@@ -913,58 +970,74 @@ windows_rebuild_ex(traces_t *traces, int demote)
        back to the same windows, and mimalloc sweeps each of its pages
        before it reuses a block, so that a table dropping them made and
        freed a leaf for one allocation in three, and rebuilt itself every
-       few dozen.  Every leaf then stays, and none needs counting. */
+       few dozen.  Every leaf then stays, and none needs reading. */
     int keep_empty = (!demote && traces->nwindows < KEEP_EMPTY_WINDOWS);
-    uint32_t live = keep_empty ? traces->nwindows : 0;
-    for (uint32_t i = 0; !keep_empty && i < traces->windows_capacity; i++) {
-        window_slot_t *slot = &traces->windows[i];
-        if (slot->window == 0) {
-            continue;
-        }
-        int n = leaf_count(slot->leaf);
-        if (demote && n != 0 && n < LEAF_MIN_TRACES) {
-            n = (leaf_demote(traces, slot->window, slot->leaf) < 0);
-        }
-        live += (n != 0);
+    /* The leaves that stay are not known before they are read, and they
+       are read once, as they move: the new table is made for as many as
+       can stay, then for those that did if they are far fewer.  At most
+       one leaf per trace in a leaf stays. */
+    uint64_t most = traces->nwindows;
+    if (!keep_empty) {
+        most = Py_MIN(most, traces->count - traces->nspilled
+                            - traces->has_top);
     }
-    uint64_t capacity = MIN_WINDOWS_CAPACITY;
-    while (capacity < 2 * ((uint64_t)live + 1)) {
-        capacity *= 2;
-    }
-    if (capacity > UINT32_MAX) {
+    uint32_t capacity = windows_capacity_for(most);
+    if (capacity == 0) {
         return -1;
     }
-    window_slot_t *windows = raw_calloc((size_t)capacity,
-                                         sizeof(window_slot_t));
+    window_slot_t *windows = raw_calloc(capacity, sizeof(window_slot_t));
     if (windows == NULL) {
         return -1;
     }
+    uint32_t live = 0;
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
         window_slot_t slot = traces->windows[i];
         if (slot.window == 0) {
             continue;
         }
-        if (!keep_empty && leaf_is_empty(slot.leaf)) {
-            leaf_free(traces, slot.leaf);
+        if (!keep_empty && !leaf_settle(traces, &slot, demote)) {
             continue;
         }
-        if (demote && !is_small(slot.leaf)) {
-            leaf_shrink(traces, &slot);
-        }
-        windows_put(windows, (uint32_t)capacity, slot);
+        windows_put(windows, capacity, slot);
+        live++;
     }
     raw_free(traces->windows);
     traces->windows = windows;
-    traces->windows_capacity = (uint32_t)capacity;
+    traces->windows_capacity = capacity;
     traces->nwindows = live;
     memset(traces->recent, 0, sizeof(traces->recent));
+    uint32_t fitting = windows_capacity_for(live);
+    if (fitting < capacity) {
+        (void)windows_move(traces, fitting);   /* or stay larger */
+    }
     return 0;
 }
 
-/* Make room for one more window. */
+/* Rebuild the window table once most of its leaves may be empty. */
 static int
 windows_rebuild(traces_t *traces)
 {
+    return windows_rebuild_ex(traces, 0);
+}
+
+/* Make room for one more window.  Where the leaves hold
+   DENSE_TRACES_PER_LEAF traces each on average, the table only moves to
+   a larger one, without reading the leaves: the sparse or empty ones
+   among them are not worth it, since the leaves and their slots (128
+   bytes at most a leaf, 64 a slot at the lowest load of the new table)
+   then cost at most 24 bytes per trace.  A burst of frees, or a growth
+   that finds them sparser, drops them.  A program that builds a large
+   structure of small objects grows its table ten times or more, and
+   reading its leaves each time was most of what the rebuilds cost
+   (`pickle`: 11 of the 12 rebuilds of a run). */
+static int
+windows_grow(traces_t *traces)
+{
+    uint64_t in_leaves = traces->count - traces->nspilled - traces->has_top;
+    if (in_leaves >= (uint64_t)traces->nwindows * DENSE_TRACES_PER_LEAF) {
+        uint32_t capacity = windows_capacity_for(traces->nwindows);
+        return capacity != 0 ? windows_move(traces, capacity) : -1;
+    }
     return windows_rebuild_ex(traces, 0);
 }
 
@@ -978,7 +1051,7 @@ add_leaf(traces_t *traces, uintptr_t window, size_t size)
     if ((uint64_t)(traces->nwindows + 1) * 100
         > (uint64_t)traces->windows_capacity * MAX_WINDOWS_LOAD_PERCENT)
     {
-        if (windows_rebuild(traces) < 0) {
+        if (windows_grow(traces) < 0) {
             return 0;
         }
     }
