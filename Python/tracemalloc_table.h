@@ -998,6 +998,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
         if (!keep_empty && !leaf_settle(traces, &slot, demote)) {
             continue;
         }
+        assert(live < most);    /* the table has room for it */
         windows_put(windows, capacity, slot);
         live++;
     }
