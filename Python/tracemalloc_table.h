@@ -770,18 +770,11 @@ static uint32_t
 leaf_used(leaf_ref_t ref)
 {
     Py_BUILD_ASSERT(WINDOW_GRAINS <= 32);
+    int n;
+    const uint32_t *entries = leaf_entries(ref, &n);
     uint32_t used = 0;
-    if (is_small(ref)) {
-        const uint32_t *entries = as_small(ref)->entries;
-        for (int i = 0; i < SMALL_SLOTS; i++) {
-            used |= (uint32_t)(entries[i] != 0) << i;
-        }
-    }
-    else {
-        const uint32_t *entries = as_leaf(ref)->entries;
-        for (int i = 0; i < WINDOW_GRAINS; i++) {
-            used |= (uint32_t)(entries[i] != 0) << i;
-        }
+    for (int i = 0; i < n; i++) {
+        used |= (uint32_t)(entries[i] != 0) << i;
     }
     return used;
 }
@@ -900,6 +893,13 @@ leaf_demote(traces_t *traces, uintptr_t window, leaf_ref_t ref)
     return 0;
 }
 
+/* The number of traces in the leaves of a table. */
+static inline size_t
+traces_in_leaves(traces_t *traces)
+{
+    return traces->count - traces->nspilled - traces->has_top;
+}
+
 /* The capacity of a window table for n leaves: at most half full.  0 if
    it would be too large. */
 static uint32_t
@@ -978,8 +978,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
        one leaf per trace in a leaf stays. */
     uint64_t most = traces->nwindows;
     if (!keep_empty) {
-        most = Py_MIN(most, traces->count - traces->nspilled
-                            - traces->has_top);
+        most = Py_MIN(most, traces_in_leaves(traces));
     }
     uint32_t capacity = windows_capacity_for(most);
     if (capacity == 0) {
@@ -1034,8 +1033,9 @@ windows_rebuild(traces_t *traces)
 static int
 windows_grow(traces_t *traces)
 {
-    uint64_t in_leaves = traces->count - traces->nspilled - traces->has_top;
-    if (in_leaves >= (uint64_t)traces->nwindows * DENSE_TRACES_PER_LEAF) {
+    if (traces_in_leaves(traces)
+        >= (uint64_t)traces->nwindows * DENSE_TRACES_PER_LEAF)
+    {
         uint32_t capacity = windows_capacity_for(traces->nwindows);
         return capacity != 0 ? windows_move(traces, capacity) : -1;
     }
@@ -1265,8 +1265,9 @@ traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
         }
         *entry = 0;
         traces->count--;
-        size_t in_leaves = traces->count - traces->nspilled - traces->has_top;
-        if (traces->nwindows > 2 * in_leaves + KEEP_EMPTY_WINDOWS) {
+        if (traces->nwindows
+            > 2 * traces_in_leaves(traces) + KEEP_EMPTY_WINDOWS)
+        {
             /* Most leaves are empty: a burst of blocks was freed. */
             (void)windows_rebuild(traces);  /* or stay as it is */
         }
