@@ -254,9 +254,18 @@ static _Py_thread_local tm_state_t *last_attached = NULL;
 
 /* The block this thread allocated or reallocated last through the hooks,
    traced there or left untraced (by a snapshot being converted, say),
-   until it becomes an object (see _PyTraceMalloc_NewReference()) or this
-   thread frees it: 0 if none. */
-static _Py_thread_local uintptr_t last_allocated = 0;
+   until it becomes an object (see _PyTraceMalloc_OnNewReference()) or
+   this thread frees it. */
+_Py_thread_local struct _PyTraceMalloc_last_block
+    _PyTraceMalloc_last_allocated = {0, 0};
+
+/* Note the block at ptr (NULL: none) of size bytes as allocated last. */
+static inline void
+set_last_allocated(void *ptr, size_t size)
+{
+    _PyTraceMalloc_last_allocated.start = (uintptr_t)ptr;
+    _PyTraceMalloc_last_allocated.size = ptr != NULL ? size : 0;
+}
 
 
 /* --- Locks --------------------------------------------------------------- */
@@ -1745,7 +1754,7 @@ alloc_traced(PyMemAllocatorEx *alloc, int use_calloc,
         alloc->free(alloc->ctx, ptr);
         ptr = NULL;
     }
-    last_allocated = (uintptr_t)ptr;
+    set_last_allocated(ptr, nelem * elsize);
     reentrant = 0;
     return ptr;
 }
@@ -1766,7 +1775,7 @@ hook_alloc(PyMemAllocatorEx *alloc, int use_calloc,
        and traces it). */
     void *ptr = use_calloc ? alloc->calloc(alloc->ctx, nelem, elsize)
                            : alloc->malloc(alloc->ctx, nelem * elsize);
-    last_allocated = (uintptr_t)ptr;
+    set_last_allocated(ptr, nelem * elsize);
     return ptr;
 }
 
@@ -1810,7 +1819,7 @@ realloc_traced(tm_state_t *own, PyMemAllocatorEx *alloc, void *ptr,
     }
     /* A resized str or bytes object becomes an object again
        (_Py_NewReference()) with the trace it has just been given. */
-    last_allocated = (uintptr_t)ptr2;
+    set_last_allocated(ptr2, new_size);
     reentrant = 0;
     return ptr2;
 }
@@ -1837,7 +1846,7 @@ hook_realloc(PyMemAllocatorEx *alloc, void *ptr, size_t new_size)
         return realloc_traced(own, alloc, ptr, new_size);
     }
     void *ptr2 = alloc->realloc(alloc->ctx, ptr, new_size);
-    last_allocated = (uintptr_t)ptr2;
+    set_last_allocated(ptr2, new_size);
     return ptr2;
 }
 
@@ -1881,8 +1890,8 @@ hook_free(PyMemAllocatorEx *alloc, void *ptr)
     if (ptr == NULL) {
         return;
     }
-    if ((uintptr_t)ptr == last_allocated) {
-        last_allocated = 0;
+    if ((uintptr_t)ptr == _PyTraceMalloc_last_allocated.start) {
+        _PyTraceMalloc_last_allocated.size = 0;
     }
     /* untraced_block: the hook of the outer domain dropped its trace */
     if (ptr != untraced_block) {
@@ -3041,16 +3050,15 @@ _PyTraceMalloc_TableCheck(traces_t *traces, const char **what)
 
 /* --- Reused objects ------------------------------------------------------ */
 
-/* The slow path of _PyTraceMalloc_NewReference(), apart so that the fast
-   one saves no registers.  The block keeps its size and gets the current
-   traceback from trace_block(), as a new block would: with a capture of
-   its own, inlined, this function took about as many lines of the
-   instruction cache as trace_block() (see InternalDocs).  The object is
-   this thread's, so nobody frees its block between the two locks; if
-   tracing stops meanwhile, trace_block() does nothing, and if another
-   thread clears the traces, the block is traced anew, as a block
-   allocated then would be. */
-static Py_NO_INLINE int
+/* The work of _PyTraceMalloc_NewReference().  The block keeps its size
+   and gets the current traceback from trace_block(), as a new block
+   would: with a capture of its own, inlined, this function took about as
+   many lines of the instruction cache as trace_block() (see
+   InternalDocs).  The object is this thread's, so nobody frees its block
+   between the two locks; if tracing stops meanwhile, trace_block() does
+   nothing, and if another thread clears the traces, the block is traced
+   anew, as a block allocated then would be. */
+static inline int
 retrace_object(uintptr_t ptr)
 {
     PyThreadState *tstate = _PyThreadState_GET();
@@ -3079,9 +3087,11 @@ retrace_object(uintptr_t ptr)
     return trace_block(DEFAULT_DOMAIN, ptr, size);
 }
 
-/* If the object memory block is already traced by the calling interpreter,
-   update its trace with the current Python traceback: an object taken from
-   a free list is "allocated" again without a call to the allocator.
+/* The slow path of _PyTraceMalloc_OnNewReference(), for an object created
+   in a block other than the one this thread allocated last: if the block
+   is already traced by the calling interpreter, update its trace with the
+   current Python traceback (an object taken from a free list is
+   "allocated" again without a call to the allocator).
 
    Do nothing if the interpreter does not trace or if the object memory
    block is not already traced. */
@@ -3090,17 +3100,7 @@ _PyTraceMalloc_NewReference(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
     const size_t presize = _PyType_PreHeaderSize(type);
-    uintptr_t ptr = (uintptr_t)((char *)op - presize);
-
-    /* Most objects are created right after their memory was allocated by
-       this thread, with no Python code run in between: their trace, or the
-       lack of one, is already right.  A block that went to a free list on
-       destruction is the case this function is for. */
-    if (ptr == last_allocated) {
-        last_allocated = 0;
-        return;
-    }
-    (void)retrace_object(ptr);
+    (void)retrace_object((uintptr_t)((char *)op - presize));
 }
 
 

@@ -307,7 +307,7 @@ struct _tracemalloc_runtime_state {
 
     /* Non-zero while the hooks are installed: object creation
        (new_reference() in Objects/object.c) then calls
-       _PyTraceMalloc_NewReference().  Not the reference tracer of
+       _PyTraceMalloc_OnNewReference().  Not the reference tracer of
        PyRefTracer_SetTracer(), which stays the user's, and which would be
        called for every object destroyed too.  Written under hooks_mutex;
        read without a lock. */
@@ -341,6 +341,40 @@ struct _tracemalloc_runtime_state {
     { \
         .ntracing = 0, \
     }
+
+
+/* The block this thread allocated or reallocated last through the hooks,
+   until it becomes an object or this thread frees it (size 0: none).  The
+   hooks set it (Python/tracemalloc.c); object creation reads it. */
+struct _PyTraceMalloc_last_block {
+    uintptr_t start;
+    size_t size;
+};
+extern _Py_thread_local struct _PyTraceMalloc_last_block
+    _PyTraceMalloc_last_allocated;
+
+/* The slow path of _PyTraceMalloc_OnNewReference(). */
+extern void _PyTraceMalloc_NewReference(PyObject *op);
+
+/* Called by new_reference() in Objects/object.c for each object created
+   while the hooks are installed.  Most objects are created in the block
+   this thread has just allocated, with no Python code run in between:
+   their trace, or the lack of one, is already right, and they cost a
+   compare here, inline, where a call would save registers.  A block
+   taken from a free list, allocated again without a call to the
+   allocator, is the case the slow path is for: it gets a new traceback.
+   The block's range says whether op is in it: blocks do not overlap, and
+   an object lies inside its own, after its pre-header. */
+static inline void
+_PyTraceMalloc_OnNewReference(PyObject *op)
+{
+    struct _PyTraceMalloc_last_block *last = &_PyTraceMalloc_last_allocated;
+    if ((uintptr_t)op - last->start < last->size) {
+        last->size = 0;
+        return;
+    }
+    _PyTraceMalloc_NewReference(op);
+}
 
 
 // Get the traceback where a memory block was allocated, in the calling
