@@ -186,6 +186,8 @@ struct tracemalloc_traces {
     uint32_t nsmall;            /* how many of them are small */
     size_t count;               /* traces, in the leaves and the spill */
     size_t nspilled;            /* traces in the spill (top excluded) */
+    /* Below this count, most leaves are empty: see rebuild_threshold() */
+    size_t rebuild_below;
     shard_t shards[NSHARDS];    /* the spill */
     /* ptr => size of the blocks of BIG_SIZE bytes or more, or NULL */
     _Py_hashtable_t *big;
@@ -198,6 +200,27 @@ struct tracemalloc_traces {
     uint32_t top_traceback;
     size_t top_size;
 };
+
+/* Most of a table's leaves are empty when nwindows > 2 * (traces in
+   leaves) + KEEP_EMPTY_WINDOWS, and traces_pop() then rebuilds its window
+   table.  This is the count below which that holds.  set_rebuild_below()
+   keeps it in traces->rebuild_below after each change to nwindows,
+   nspilled or has_top, so that a free asks with a single compare. */
+static inline size_t
+rebuild_threshold(traces_t *traces)
+{
+    if (traces->nwindows <= KEEP_EMPTY_WINDOWS) {
+        return 0;
+    }
+    return (traces->nspilled + (size_t)traces->has_top
+            + (traces->nwindows - KEEP_EMPTY_WINDOWS + 1) / 2);
+}
+
+static inline void
+set_rebuild_below(traces_t *traces)
+{
+    traces->rebuild_below = rebuild_threshold(traces);
+}
 
 
 /* --- The spill: a sharded Robin Hood table --- */
@@ -480,6 +503,7 @@ spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
         else {
             traces->has_top = 1;
             traces->count++;
+            set_rebuild_below(traces);
         }
         traces->top_size = size;
         traces->top_traceback = traceback;
@@ -521,6 +545,7 @@ spill_set(traces_t *traces, uintptr_t ptr, size_t size, uint32_t traceback,
     count_spilled(traces, ptr, 1);
     traces->nspilled++;
     traces->count++;
+    set_rebuild_below(traces);
     return 0;
 }
 
@@ -540,6 +565,7 @@ spill_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
         }
         traces->has_top = 0;
         traces->count--;
+        set_rebuild_below(traces);
         return 1;
     }
     shard_t *shard = shard_of(traces, ptr);
@@ -558,6 +584,7 @@ spill_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
     count_spilled(traces, ptr, -1);
     traces->nspilled--;
     traces->count--;
+    set_rebuild_below(traces);
     shard_maybe_shrink(shard);
     return 1;
 }
@@ -1005,6 +1032,7 @@ windows_rebuild_ex(traces_t *traces, int demote)
     traces->windows = windows;
     traces->windows_capacity = capacity;
     traces->nwindows = live;
+    set_rebuild_below(traces);
     memset(traces->recent, 0, sizeof(traces->recent));
     uint32_t fitting = windows_capacity_for(live);
     if (fitting < capacity) {
@@ -1066,6 +1094,7 @@ add_leaf(traces_t *traces, uintptr_t window, size_t size)
                 (window_slot_t){window, ref});
     traces->nwindows++;
     traces->nsmall += small;
+    set_rebuild_below(traces);
     remember_leaf(traces, window, ref);
     return ref;
 }
@@ -1265,9 +1294,7 @@ traces_pop(traces_t *traces, uintptr_t ptr, size_t *size, uint32_t *traceback)
         }
         *entry = 0;
         traces->count--;
-        if (traces->nwindows
-            > 2 * traces_in_leaves(traces) + KEEP_EMPTY_WINDOWS)
-        {
+        if (traces->count < traces->rebuild_below) {
             /* Most leaves are empty: a burst of blocks was freed. */
             (void)windows_rebuild(traces);  /* or stay as it is */
         }
@@ -1453,6 +1480,10 @@ traces_check(traces_t *traces, const char **what)
     }
     if (res == 0 && count != traces->count) {
         *what = "count is not the number of traces";
+        res = -1;
+    }
+    if (res == 0 && traces->rebuild_below != rebuild_threshold(traces)) {
+        *what = "rebuild_below is out of date";
         res = -1;
     }
     return res;
