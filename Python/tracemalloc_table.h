@@ -178,7 +178,8 @@ struct tracemalloc_traces {
     /* Non-zero if the owner map counts the traces of the table. */
     int counted;
     /* The leaves of windows used recently, direct mapped by
-       recent_index(), window 0 if none: a cache of windows. */
+       recent_index(), window 0 if none: a cache of windows.  Leaf 0: the
+       window has none. */
     window_slot_t recent[1 << RECENT_BITS];
     window_slot_t *windows;     /* NULL until the first leaf */
     uint32_t windows_capacity;  /* a power of two, or 0 */
@@ -768,16 +769,18 @@ find_window(traces_t *traces, uintptr_t window)
     }
 }
 
-/* The leaf of a window, or 0; it is remembered as a recent one. */
+/* The leaf of a window, or 0; it is remembered as a recent one, and so
+   is a window that has none, until add_leaf() gives it one: the blocks of
+   a program that were allocated before tracing started, and those kept
+   on a free list since, are looked up at each free or reuse, and a probe
+   for a window that is not there is the longest. */
 static leaf_ref_t
 find_leaf(traces_t *traces, uintptr_t window)
 {
     window_slot_t *slot = find_window(traces, window);
-    if (slot == NULL) {
-        return 0;
-    }
-    remember_leaf(traces, window, slot->leaf);
-    return slot->leaf;
+    leaf_ref_t leaf = slot != NULL ? slot->leaf : 0;
+    remember_leaf(traces, window, leaf);
+    return leaf;
 }
 
 static void
@@ -1420,6 +1423,17 @@ small_check(leaf_ref_t ref, const char **what)
 static int
 traces_check(traces_t *traces, const char **what)
 {
+    for (int i = 0; i < (1 << RECENT_BITS); i++) {
+        window_slot_t *recent = &traces->recent[i];
+        if (recent->window == 0) {
+            continue;
+        }
+        window_slot_t *slot = find_window(traces, recent->window);
+        if (recent->leaf != (slot != NULL ? slot->leaf : 0)) {
+            *what = "a recent window does not have the leaf it remembers";
+            return -1;
+        }
+    }
     size_t count = traces->has_top;
     uint32_t nwindows = 0, nsmall = 0;
     for (uint32_t i = 0; i < traces->windows_capacity; i++) {
