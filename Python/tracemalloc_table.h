@@ -43,10 +43,12 @@
 
    Where traced blocks lie far apart (new blocks in the holes of an older
    heap, survivors of a burst), a leaf holds one or two traces and costs
-   60 bytes a trace with its window slot, against 20 to 25 bytes in the
-   spill below: a rebuild of a table of DEMOTE_MIN_WINDOWS leaves or more
-   moves the traces of the leaves holding fewer than LEAF_MIN_TRACES to
-   the spill.  Smaller tables keep their sparse leaves: their memory is
+   30 to 60 bytes a trace with its window slot, against 20 to 25 bytes in
+   the spill below: a rebuild of a table of DEMOTE_MIN_WINDOWS leaves or
+   more moves the traces of the leaves holding fewer than LEAF_MIN_TRACES
+   to the spill.  Not those of three: a window of blocks of 160 bytes or
+   more holds no more, at about the spill's cost, and its traces would go
+   back and forth as its blocks come and go.  Smaller tables keep their sparse leaves: their memory is
    small, and the traces of a workload that allocates and frees in a few
    windows would go back and forth.  Tables of fewer than
    KEEP_EMPTY_WINDOWS leaves keep their empty leaves too, for the same
@@ -112,7 +114,7 @@
 #  define ENTRY_MAX_TRACEBACK ((UINT32_MAX >> ENTRY_SIZE_BITS) - 1)
 #endif
 #define LEAF_MAX_SIZE 256           /* 2 blocks or more per 64-bit window */
-#define LEAF_MIN_TRACES 4           /* fewer, and a rebuild spills them */
+#define LEAF_MIN_TRACES 3           /* fewer, and a rebuild spills them */
 #define DEMOTE_MIN_WINDOWS 1024     /* in a table of at least this many leaves */
 #define DENSE_TRACES_PER_LEAF 8     /* as many, and growing reads no leaf */
 #define KEEP_EMPTY_WINDOWS 512      /* below, a table keeps its empty leaves */
