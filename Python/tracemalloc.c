@@ -1984,9 +1984,9 @@ remove_hooks(void)
 /* --- The registry of tracing interpreters -------------------------------- */
 
 /* A tag for a new tracing session.  The tags of the registered sessions
-   and of the leftovers are skipped; a session that left the registry may still be uncounting
-   its traces, but its tag comes round again only after 2**32 others.
-   Called with the registry locked. */
+   and of the leftovers are skipped; a session that left the registry may
+   still be uncounting its traces, but its tag comes round again only
+   after 2**32 others.  Called with the registry locked. */
 static uint32_t
 new_owner_tag(void)
 {

@@ -48,12 +48,12 @@
    more moves the traces of the leaves holding fewer than LEAF_MIN_TRACES
    to the spill.  Not those of three: a window of blocks of 160 bytes or
    more holds no more, at about the spill's cost, and its traces would go
-   back and forth as its blocks come and go.  Smaller tables keep their sparse leaves: their memory is
-   small, and the traces of a workload that allocates and frees in a few
-   windows would go back and forth.  Tables of fewer than
-   KEEP_EMPTY_WINDOWS leaves keep their empty leaves too, for the same
-   reason, but when compacted; larger ones drop them when they grow, or
-   once most of their leaves are empty.  A table whose leaves hold
+   back and forth as its blocks come and go.  Smaller tables keep their
+   sparse leaves: their memory is small, and the traces of a workload
+   that allocates and frees in a few windows would go back and forth.
+   Tables of fewer than KEEP_EMPTY_WINDOWS leaves keep their empty leaves
+   too, for the same reason, but when compacted; larger ones drop them
+   when they grow, or once most of their leaves are empty.  A table whose leaves hold
    DENSE_TRACES_PER_LEAF traces or more on average grows without reading
    them.
 
