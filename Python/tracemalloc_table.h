@@ -53,9 +53,9 @@
    that allocates and frees in a few windows would go back and forth.
    Tables of fewer than KEEP_EMPTY_WINDOWS leaves keep their empty leaves
    too, for the same reason, but when compacted; larger ones drop them
-   when they grow, or once most of their leaves are empty.  A table whose leaves hold
-   DENSE_TRACES_PER_LEAF traces or more on average grows without reading
-   them.
+   when they grow, or once most of their leaves are empty.  A table whose
+   leaves hold DENSE_TRACES_PER_LEAF traces or more on average grows
+   without reading them.
 
    An entry packs the size and the traceback index of a trace.  The other
    traces spill into a second table: blocks not aligned on a grain (which
