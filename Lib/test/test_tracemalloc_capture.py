@@ -235,6 +235,22 @@ class CaptureTests(TracingTestCase):
                  for traceback in snapshot_tracebacks('<many>')}
         self.assertEqual(lines, set(range(2, 3002)))
 
+    def test_many_allocation_sites_met_again(self):
+        # Sites that evict each other from the fork's cache, each met again
+        # in another order: a traceback found there must be its own site's.
+        import random
+        alloc = compile_allocator('<again>', 3000)
+        rng = random.Random(5)
+        first = {}
+        for _ in range(3):
+            sites = list(range(3000))
+            rng.shuffle(sites)
+            for i in sites:
+                traceback = tracemalloc.get_object_traceback(alloc(i))
+                self.assertEqual(traceback[-1].filename, '<again>')
+                self.assertEqual(traceback[-1].lineno, i + 2)
+                self.assertEqual(traceback, first.setdefault(i, traceback))
+
     def test_many_allocation_sites_freed(self):
         # Traces of many tracebacks (stored apart beyond a limit, which is
         # low in a debug build) leave nothing behind once freed.
