@@ -1027,15 +1027,14 @@ cache_traceback(capture_cache_t *cache, traceback_t *traceback, int nframe,
     }
     /* The new traceback goes first, the first one second, the second
        is forgotten: the older of a set is replaced.  The keys beyond the
-       first frame are copied only if there are any (none at 1 frame). */
+       first frame are copied only if there are any (none at 1 frame, nor
+       in an empty entry, whose nframe is 0). */
     traceback_entry_t *entry = traceback_set(cache, hash);
-    if (entry[0].traceback != NULL) {
-        if (entry[0].nframe > 1) {
-            memcpy(entry_keys(cache, &entry[1]), entry_keys(cache, &entry[0]),
-                   (size_t)(entry[0].nframe - 1) * sizeof(frame_key_t));
-        }
-        entry[1] = entry[0];
+    if (entry[0].nframe > 1) {
+        memcpy(entry_keys(cache, &entry[1]), entry_keys(cache, &entry[0]),
+               (size_t)(entry[0].nframe - 1) * sizeof(frame_key_t));
     }
+    entry[1] = entry[0];
     if (nframe > 1) {
         memcpy(entry_keys(cache, entry), cache->keys + 1,
                (size_t)(nframe - 1) * sizeof(frame_key_t));
