@@ -732,15 +732,16 @@ add_key(frame_key_t *keys, int i, _PyInterpreterFrame *pyframe, uint64_t h)
 }
 
 /* Read the frames of tstate from top, a complete frame (or NULL), down:
-   store the keys of the first max_nframe in cache->keys, and return the
-   number stored, or -1 on memory error; *total gets the number of frames,
-   up to UINT16_MAX, and *hash the hash of the whole key. */
+   store the keys of the first max_nframe (the cache's) in cache->keys,
+   and return the number stored, or -1 on memory error; *total gets the
+   number of frames, up to UINT16_MAX, and *hash the hash of the whole
+   key. */
 static inline Py_ALWAYS_INLINE int
-capture_keys(PyThreadState *tstate, capture_cache_t *cache,
+capture_keys(PyThreadState *tstate, capture_cache_t *cache, int max_nframe,
              _PyInterpreterFrame *top, int *total, uint64_t *hash)
 {
+    assert(max_nframe == cache->max_nframe);
     int nframe = 0;
-    int max_nframe = cache->max_nframe;
     uint64_t h = 0;
     _PyInterpreterFrame *pyframe = top;
     if (max_nframe == 1) {
@@ -1200,15 +1201,16 @@ traceback_build(tm_state_t *state, capture_cache_t *cache, int nframe,
 
 
 /* Capture the traceback of the stack from top, a complete frame of tstate
-   (or NULL), down with cache, and intern it. */
+   (or NULL), down with cache, whose traceback limit is max_nframe, and
+   intern it.  A constant max_nframe of 1 leaves out the code for more. */
 static inline Py_ALWAYS_INLINE traceback_t *
-capture(tm_state_t *state, capture_cache_t *cache, PyThreadState *tstate,
-        _PyInterpreterFrame *top, int take_refs)
+capture(tm_state_t *state, capture_cache_t *cache, int max_nframe,
+        PyThreadState *tstate, _PyInterpreterFrame *top, int take_refs)
 {
     uint64_t epoch = _Py_atomic_load_uint64_relaxed(&state->code_epoch);
     int total;
     uint64_t hash;
-    int nframe = capture_keys(tstate, cache, top, &total, &hash);
+    int nframe = capture_keys(tstate, cache, max_nframe, top, &total, &hash);
     if (nframe <= 0) {
         return nframe == 0 ? &runtime_state.empty_traceback : NULL;
     }
@@ -1347,7 +1349,8 @@ climb_capture(tm_state_t *state, capture_cache_t *cache,
     int n = 0;
     for (;;) {
         if (n == cache->max_climb) {
-            traceback = capture(state, cache, tstate, frame, 1);
+            traceback = capture(state, cache, cache->max_nframe, tstate,
+                                frame, 1);
             if (traceback == NULL) {
                 return NULL;
             }
@@ -1396,11 +1399,13 @@ capture_without_memo(tm_state_t *state, capture_cache_t *cache,
             return memo;
         }
     }
-    if (cache->max_climb > 0) {
+    if (cache->max_nframe > 1) {
         return climb_capture(state, cache, tstate, top);
     }
-    /* What climb_capture() does then, without the call */
-    traceback_t *traceback = capture(state, cache, tstate, top, 1);
+    /* What climb_capture() does at 1 frame (max_climb 0), without the
+       call, and without the code for more frames in the hook's way: the
+       instruction cache holds less of the program the hook runs in. */
+    traceback_t *traceback = capture(state, cache, 1, tstate, top, 1);
     if (traceback != NULL) {
         store_memo(cache, tstate, top, traceback);
     }
@@ -1427,8 +1432,8 @@ traceback_new(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
     }
     assert(cache != NULL);
     if (!take_refs) {
-        return capture(state, cache, tstate, _PyThreadState_GetFrame(tstate),
-                       0);
+        return capture(state, cache, cache->max_nframe, tstate,
+                       _PyThreadState_GetFrame(tstate), 0);
     }
     /* The frame on top is mostly complete, and the memo is mostly its. */
     traceback_t *traceback = find_memo(cache, tstate, tstate->current_frame);
@@ -1437,7 +1442,8 @@ traceback_new(tm_state_t *state, stripe_t *stripe, PyThreadState *tstate,
     }
 #ifndef NDEBUG
     if (traceback != NULL) {
-        traceback_t *captured = capture(state, cache, tstate,
+        traceback_t *captured = capture(state, cache, cache->max_nframe,
+                                        tstate,
                                         _PyThreadState_GetFrame(tstate), 1);
         assert(captured == NULL || captured == traceback);
     }
