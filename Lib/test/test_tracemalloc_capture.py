@@ -339,6 +339,18 @@ class CaptureTests(TracingTestCase):
                 objs.append(alloc(size))
         self.assertEqual(totals_by_size('<quiet>', depths), depths)
 
+    def test_total_nframe_as_the_stack_moves_for_long(self):
+        # Many sites met once, then stacks that move for longer than the
+        # fork leaves its tracebacks by frame alone when they are seldom
+        # of use (at 1 frame): before, while and after it does, each
+        # traceback must be its own.
+        alloc = compile_allocator('<once>', 3000)
+        for i in range(3000):
+            alloc(i)
+        recorder = DepthRecorder('<moves-long>', sites=2)
+        allocate_down_random_stacks(recorder, seed=11, count=3000)
+        self.assertRecorded(recorder)
+
     def test_loop_allocating_between_deep_calls(self):
         # A frame that stays allocates at one instruction again and again,
         # while the calls it makes in between push and pop frames (and
