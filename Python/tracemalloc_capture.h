@@ -57,8 +57,9 @@
 /* memos refused before store_memo() resets the mark, */
 #define MEMO_RESET_AFTER 64
 /* at 1 frame, the misses of a trial of the memos, the hits below which
-   (during the trial) the memos are left alone for the next MEMO_REST
-   captures (see capture_resting()), */
+   (during the trial: 3 hits for 5 misses, a hit rate of 3 in 8) the
+   memos are left alone for the next MEMO_REST captures (see
+   capture_resting()), */
 #define MEMO_TRIAL 256
 #define MEMO_MIN_HITS (MEMO_TRIAL * 3 / 5)
 #define MEMO_REST 8192
@@ -189,8 +190,8 @@ struct tracemalloc_capture_cache {
     uintptr_t memo_generation;
     unsigned int memos_refused;     /* as the frame was above the mark */
     /* At 1 frame: misses left in the trial of the memos, and the hits
-       so far; or, while the memos rest, the captures left until the next
-       trial */
+       so far (counted at every limit, judged at 1 frame only); or, while
+       the memos rest, the captures left until the next trial */
     unsigned int memo_trial;
     unsigned int memo_hits;
     unsigned int memo_rest;
