@@ -1437,8 +1437,9 @@ capture_resting(tm_state_t *state, capture_cache_t *cache,
                 PyThreadState *tstate)
 {
     if (--cache->memo_rest == 0) {
+        /* judge_memos() left memo_hits at 0, and no hit counts while
+           the memos rest */
         cache->memo_trial = MEMO_TRIAL;
-        cache->memo_hits = 0;
     }
     _PyInterpreterFrame *top = _PyThreadState_GetFrame(tstate);
     if (top == NULL) {
