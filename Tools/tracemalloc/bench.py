@@ -19,9 +19,11 @@ untraced on a release build, each returning a checksum that must not
 change when traced:
 %s
 
-  untraced    fork vs upstream with tracemalloc off, per workload: rounds of
-              one child per interpreter, alternating which goes first (ABAB);
-              ratio = fork time / upstream time of the same round.
+  untraced    fork vs upstream with tracemalloc off, per workload: one
+              child per interpreter, both alive, pinned to the same CPU, run
+              the workload in turn, back to back, the order flipping every
+              pair (ABBA...); ratio = median of the pairs' fork time /
+              upstream time.
   overhead    traced time / untraced time, per workload, at 1 and 25 frames:
               one child per (interpreter, frames) alternates untraced and
               traced runs back to back (tracemalloc.start(n) ... stop()),
@@ -112,7 +114,9 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 
 # Workloads, run by the children and by the subinterpreters of the scaling
@@ -884,16 +888,18 @@ def timed(func, *args):
 
 
 def child_untraced(spec):
-    """Untraced time of each workload, `runs` times, interleaved."""
+    """Warm the workloads up, say so, then run one untraced for each name
+    read from stdin, writing its time and checksum, until end of file."""
     wl = load_workloads()['WORKLOADS']
     names, scale = spec['names'], spec['scale']
     for name in names:
         wl[name](scale * 0.25)                      # warm up
-    times = {name: [] for name in names}
-    for _ in range(spec['runs']):
-        for name in names:
-            times[name].append(timed(wl[name], scale)[0])
-    return {'times': times}
+    print(RESULT_MARK + json.dumps({'ready': True}), flush=True)
+    for line in sys.stdin:
+        t, result = timed(wl[line.strip()], scale)
+        print(RESULT_MARK + json.dumps({'time': t, 'result': result}),
+              flush=True)
+    return {'done': True}
 
 
 def child_overhead(spec):
@@ -1374,6 +1380,82 @@ def run_child(python, mode, spec, timeout=1800, cpu=None):
     return json.loads(lines[-1][len(RESULT_MARK):])
 
 
+class ServingChild:
+    """A child started with --child MODE that answers a line written to
+    its stdin with a result line (see child_untraced())."""
+
+    def __init__(self, python, mode, spec, cpu=None, timeout=1800):
+        self.what = '%s --child %s' % (python, mode)
+        self.timeout = timeout
+        self.errors = tempfile.TemporaryFile('w+')
+        pin = None
+        if cpu is not None:
+            def pin():
+                os.sched_setaffinity(0, {cpu})
+        try:
+            self.proc = subprocess.Popen(
+                [python, '-s', '-P', os.path.abspath(__file__), '--child',
+                 mode, json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self.errors, text=True, env=child_env(),
+                preexec_fn=pin)
+        except OSError as exc:
+            self.errors.close()
+            raise ChildError('%s: cannot run: %s' % (self.what, exc))
+        self.reply()                                # warmed up
+
+    def reply(self):
+        """The next result line, as an object."""
+        # A child that hangs is killed, and its stdout ends.
+        watchdog = threading.Timer(self.timeout, self.proc.kill)
+        watchdog.start()
+        try:
+            while True:
+                line = self.proc.stdout.readline()
+                if not line:
+                    self.fail('no result' if watchdog.is_alive() else
+                              'timed out after %d s' % self.timeout)
+                if line.startswith(RESULT_MARK):
+                    return json.loads(line[len(RESULT_MARK):])
+        finally:
+            watchdog.cancel()
+
+    def ask(self, request):
+        try:
+            self.proc.stdin.write(request + '\n')
+            self.proc.stdin.flush()
+        except OSError:
+            self.fail('stopped reading')
+        return self.reply()
+
+    def fail(self, why):
+        self.close()
+        status = self.proc.returncode
+        if status:
+            why += (', killed by signal %d' % -status if status < 0
+                    else ', exit status %d' % status)
+        raise ChildError('%s: %s\n%s' % (self.what, why, self.stderr_tail))
+
+    def close(self):
+        """End the child (its stdin ends), and keep its stderr's tail."""
+        if self.errors.closed:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.errors.seek(0)
+        self.stderr_tail = '\n'.join(
+            self.errors.read().strip().splitlines()[-15:])
+        self.errors.close()
+
+
 def merge_samples(into, more):
     """Extend the lists of samples of a child's result `into` by those of
     `more`, a result of the same mode; other values stay `into`'s."""
@@ -1478,27 +1560,45 @@ class Bench:
 
     def untraced(self):
         a = self.args
-        per_round = []
-        for r in range(a.reps):
-            order = ('fork', 'upstream') if r % 2 == 0 else ('upstream', 'fork')
-            res = {}
-            for which in order:
-                res[which] = self.child(which, 'untraced', {
-                    'names': a.names, 'scale': a.scale, 'runs': 3})['times']
-            per_round.append(res)
-        self.raw['untraced'] = per_round
+        t0 = time.monotonic()
+        spec = {'names': a.names, 'scale': a.scale}
+        children = {}
+        try:
+            for which in self.pythons:
+                children[which] = ServingChild(self.pythons[which],
+                                               'untraced', spec, self.cpu)
+            times = {w: {name: [] for name in a.names} for w in children}
+            # Pairs a fraction of a second apart: the machine's speed
+            # drifts over seconds.  Three per repetition, as the rounds
+            # of three runs each that this section used to take.
+            for i in range(3 * a.reps):
+                for j, name in enumerate(a.names):
+                    order = (('fork', 'upstream') if (i + j) % 2 == 0
+                             else ('upstream', 'fork'))
+                    results = {}
+                    for which in order:
+                        res = children[which].ask(name)
+                        times[which][name].append(res['time'])
+                        results[which] = res['result']
+                    if results['fork'] != results['upstream']:
+                        raise ChildError('%s: the builds differ in result'
+                                         % name)
+        finally:
+            for child in children.values():
+                child.close()
+        self.log('untraced pairs: %.1f s' % (time.monotonic() - t0))
+        self.raw['untraced'] = times
         ratios_all = []
         for name in a.names:
-            t = {w: [statistics.median(rd[w][name]) for rd in per_round]
-                 for w in self.pythons}
+            t = {w: times[w][name] for w in self.pythons}
             ratios = [f / u for f, u in zip(t['fork'], t['upstream'])]
             ratios_all.append(ratios)
             self.row('untraced', 'untraced time: %s' % name, 's',
                      stat(t['upstream']), stat(t['fork']), stat(ratios))
         # Headline: geomean of the per-workload medians; spread: that of
-        # the per-round geomeans.
-        per_round_gm = [geomean(rs) for rs in zip(*ratios_all)]
-        gm = stat(per_round_gm)
+        # the geomeans of the pairs run together.
+        per_pass_gm = [geomean(rs) for rs in zip(*ratios_all)]
+        gm = stat(per_pass_gm)
         gm['median'] = geomean([statistics.median(rs) for rs in ratios_all])
         self.row('untraced', 'untraced fork/upstream: geomean', 'x',
                  ratio=gm)
@@ -2010,9 +2110,9 @@ def parse_args(argv):
                    'the overhead at 1 frame and the threads section, with '
                    'the targets of the free-threaded build')
     p.add_argument('--reps', type=int,
-                   help='repetitions: untraced rounds and overhead pairs '
-                   '(default 5, 2 with --quick; upstream\'s overhead pairs: '
-                   'at most 3)')
+                   help='repetitions: overhead pairs, and untraced pairs '
+                   'three times as many (default 5, 2 with --quick; '
+                   'upstream\'s overhead pairs: at most 3)')
     p.add_argument('--only', metavar='NAME[,NAME...]',
                    help='run only these sections (%s) and/or workloads (%s); '
                    'naming only workloads runs untraced, overhead and scaling '
