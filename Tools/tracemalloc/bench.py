@@ -1355,17 +1355,25 @@ def child_env():
 PINNED_MODES = ('untraced', 'overhead', 'memory', 'heap')
 
 
+def child_argv(python, mode, spec):
+    """The command line of a child of this file running `mode`."""
+    return [python, '-s', '-P', os.path.abspath(__file__),
+            '--child', mode, json.dumps(spec)]
+
+
+def cpu_pinner(cpu):
+    """A preexec_fn pinning the child to cpu, or None if cpu is None."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def run_child(python, mode, spec, timeout=1800, cpu=None):
-    cmd = [python, '-s', '-P', os.path.abspath(__file__),
-           '--child', mode, json.dumps(spec)]
-    pin = None
-    if cpu is not None:
-        def pin():
-            os.sched_setaffinity(0, {cpu})
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
+        proc = subprocess.run(child_argv(python, mode, spec),
+                              capture_output=True, text=True,
                               env=child_env(), timeout=timeout,
-                              preexec_fn=pin)
+                              preexec_fn=cpu_pinner(cpu))
     except subprocess.TimeoutExpired:
         raise ChildError('%s %s: timed out after %d s' % (python, mode, timeout))
     except OSError as exc:
@@ -1388,17 +1396,12 @@ class ServingChild:
         self.what = '%s --child %s' % (python, mode)
         self.timeout = timeout
         self.errors = tempfile.TemporaryFile('w+')
-        pin = None
-        if cpu is not None:
-            def pin():
-                os.sched_setaffinity(0, {cpu})
         try:
             self.proc = subprocess.Popen(
-                [python, '-s', '-P', os.path.abspath(__file__), '--child',
-                 mode, json.dumps(spec)],
+                child_argv(python, mode, spec),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=self.errors, text=True, env=child_env(),
-                preexec_fn=pin)
+                preexec_fn=cpu_pinner(cpu))
         except OSError as exc:
             self.errors.close()
             raise ChildError('%s: cannot run: %s' % (self.what, exc))
