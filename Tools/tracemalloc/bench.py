@@ -22,8 +22,10 @@ change when traced:
   untraced    fork vs upstream with tracemalloc off, per workload: one
               child per interpreter, both alive, pinned to the same CPU, run
               the workload in turn, back to back, the order flipping every
-              pair (ABBA...); ratio = median of the pairs' fork time /
-              upstream time.
+              pair (ABBA...), with fresh children every three pairs (each
+              process's address space is laid out anew, which moves its
+              times by a few percent); ratio = median of the pairs' fork
+              time / upstream time.
   overhead    traced time / untraced time, per workload, at 1 and 25 frames:
               one child per (interpreter, frames) alternates untraced and
               traced runs back to back (tracemalloc.start(n) ... stop()),
@@ -1565,30 +1567,26 @@ class Bench:
         a = self.args
         t0 = time.monotonic()
         spec = {'names': a.names, 'scale': a.scale}
-        children = {}
-        try:
-            for which in self.pythons:
-                children[which] = ServingChild(self.pythons[which],
-                                               'untraced', spec, self.cpu)
-            times = {w: {name: [] for name in a.names} for w in children}
-            # Pairs a fraction of a second apart: the machine's speed
-            # drifts over seconds.  Three per repetition, as the rounds
-            # of three runs each that this section used to take.
-            for i in range(3 * a.reps):
-                for j, name in enumerate(a.names):
-                    order = (('fork', 'upstream') if (i + j) % 2 == 0
-                             else ('upstream', 'fork'))
-                    results = {}
-                    for which in order:
-                        res = children[which].ask(name)
-                        times[which][name].append(res['time'])
-                        results[which] = res['result']
-                    if results['fork'] != results['upstream']:
-                        raise ChildError('%s: the builds differ in result'
-                                         % name)
-        finally:
-            for child in children.values():
-                child.close()
+        times = {w: {name: [] for name in a.names} for w in self.pythons}
+        # Pairs a fraction of a second apart: the machine's speed drifts
+        # over seconds.  And fresh children for every three pairs: where
+        # a process's heap, stack and libraries lie (chosen anew by each
+        # exec) moves a workload's time by up to 5%, the same way for the
+        # whole life of the process.  One child per build for the whole
+        # section compared two such draws, and a build with itself came
+        # out at 0.95x-1.05x.
+        for session in range(a.reps):
+            children = {}
+            try:
+                for which in self.pythons:
+                    children[which] = ServingChild(
+                        self.pythons[which], 'untraced', spec, self.cpu)
+                for i in range(3 * session, 3 * session + 3):
+                    for j, name in enumerate(a.names):
+                        self.untraced_pair(children, times, name, i + j)
+            finally:
+                for child in children.values():
+                    child.close()
         self.log('untraced pairs: %.1f s' % (time.monotonic() - t0))
         self.raw['untraced'] = times
         ratios_all = []
@@ -1605,6 +1603,17 @@ class Bench:
         gm['median'] = geomean([statistics.median(rs) for rs in ratios_all])
         self.row('untraced', 'untraced fork/upstream: geomean', 'x',
                  ratio=gm)
+
+    def untraced_pair(self, children, times, name, k):
+        """Run name in both children, back to back, the order by k."""
+        order = ('fork', 'upstream') if k % 2 == 0 else ('upstream', 'fork')
+        results = {}
+        for which in order:
+            res = children[which].ask(name)
+            times[which][name].append(res['time'])
+            results[which] = res['result']
+        if results['fork'] != results['upstream']:
+            raise ChildError('%s: the builds differ in result' % name)
 
     def overhead(self):
         a = self.args
@@ -2114,8 +2123,8 @@ def parse_args(argv):
                    'the targets of the free-threaded build')
     p.add_argument('--reps', type=int,
                    help='repetitions: overhead pairs, and untraced pairs '
-                   'three times as many (default 5, 2 with --quick; '
-                   'upstream\'s overhead pairs: at most 3)')
+                   'of children, of three pairs each (default 5, 2 with '
+                   '--quick; upstream\'s overhead pairs: at most 3)')
     p.add_argument('--only', metavar='NAME[,NAME...]',
                    help='run only these sections (%s) and/or workloads (%s); '
                    'naming only workloads runs untraced, overhead and scaling '
