@@ -52,7 +52,7 @@
 #  include <windows.h>            // Sleep()
 #else
 #  include <sched.h>              // sched_yield()
-#  include <time.h>               // clock_nanosleep(), nanosleep()
+#  include <time.h>               // nanosleep()
 #endif
 #ifndef Py_GIL_DISABLED
 #  if defined(__linux__) && defined(__has_include)
@@ -299,15 +299,8 @@ backoff(unsigned int attempt)
         sched_yield();
     }
     else {
-        /* clock_nanosleep() rather than nanosleep(): time.sleep() uses it
-           already, and a function the base does not import would add an
-           entry to the PLT and move all of the base's code. */
         struct timespec pause = {0, 50 * 1000};
-#ifdef HAVE_CLOCK_NANOSLEEP
-        (void)clock_nanosleep(CLOCK_MONOTONIC, 0, &pause, NULL);
-#else
         nanosleep(&pause, NULL);
-#endif
     }
 #endif
 }
